@@ -1,0 +1,301 @@
+"""One isolated, headless Sonic Pi server: boot, talk OSC, watch, tear down by pid.
+
+Each server gets its own ports, HOME, TMPDIR (where Sonic Pi keeps its pid store) and
+JACK server name, so several run side by side without touching a user's own Sonic Pi.
+The stack is JACK's dummy backend (no sound card) + scsynth + the Ruby server + erlang,
+optionally under libfaketime so the whole stack runs N times faster than real time:
+one launcher shell is started under the preload with FAKETIME_DONT_RESET, so every
+process of the stack shares one accelerated clock (Ruby timestamps OSC bundles that
+scsynth schedules, so their clocks must agree).
+
+Everything started here is ended here, by pid: the Ruby server's session (scsynth,
+erlang, osmid) and jackd's own session (jackd calls setsid). Nothing is killed by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_server import ThreadingOSCUDPServer
+from pythonosc.udp_client import SimpleUDPClient
+
+logger = logging.getLogger(__name__)
+
+SERVER_RB = Path("/usr/lib/sonic-pi/app/server/ruby/bin/sonic-pi-server.rb")
+FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+SAMPLE_RATE = 44100
+BOOT_TIMEOUT_S = 90.0  # real seconds; a cold boot takes 4-20 s
+BOOTED_LINE = "Sonic Pi Server successfully booted."
+BOOT_FAILED_LINES = ("Failed to start server", "Unable to connect to SuperCollider",
+                     "Port unavailable", "Exception when opening")
+CLIENT_ID = "sonicpi-gen"
+# Bash launcher: jackd first (the server only boots scsynth against a running JACK),
+# then exec the Ruby server so its pid is the launcher's pid.
+LAUNCHER = r"""
+jackd -n "$JACK_DEFAULT_SERVER" -d dummy -r %(rate)d -p 1024 > "$SPG_DIR/jackd.log" 2>&1 &
+echo $! > "$SPG_DIR/jackd.pid"
+for i in $(seq 200); do jack_lsp > /dev/null 2>&1 && break; sleep 0.05; done
+exec ruby "%(server_rb)s" -u "$@"
+"""
+
+
+class ServerError(RuntimeError):
+    """The server failed to boot, died, or stopped answering."""
+
+
+def sonic_pi_installed() -> bool:
+    return SERVER_RB.exists() and shutil.which("jackd") is not None and shutil.which("scsynth") is not None
+
+
+def _free_port_block(count: int) -> list[int]:
+    """`count` consecutive UDP ports on 127.0.0.1 that nobody holds right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - count)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return list(range(base, base + count))
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise ServerError("no free block of UDP ports on 127.0.0.1")
+
+
+def _session_members(sids: set[int]) -> list[int]:
+    """Pids of live processes whose session id is one of `sids`."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) in sids:
+                members.append(int(entry))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return members
+
+
+def end_sessions(sids: set[int], grace_s: float = 3.0) -> None:
+    """SIGTERM every process in these sessions, then SIGKILL what is left."""
+    sids = {s for s in sids if s and s > 1 and s != os.getsid(0)}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _session_members(sids)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _session_members(sids):
+            time.sleep(0.05)
+
+
+def remove_faketime_shm(pid: int) -> None:
+    """libfaketime leaves its shared memory behind when a process is killed; remove ours."""
+    for name in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
+        try:
+            os.unlink(f"/dev/shm/{name}")
+        except FileNotFoundError:
+            pass
+
+
+@dataclass
+class GuiMessage:
+    time: float
+    address: str
+    args: tuple
+
+
+@dataclass
+class SonicPiServer:
+    """A headless Sonic Pi server with its own JACK, ports and folders.
+
+    Use as a context manager, or call `boot()` and `shutdown()`. `acceleration` > 1 runs
+    the stack under libfaketime. `headroom_s` is Sonic Pi's scheduling headroom
+    (sched_ahead_time) in real seconds: under acceleration x N the server's clock runs N
+    times faster, so its sched_ahead_time is N x headroom_s, which leaves Ruby the same
+    real time to compute each event as in a real-time run.
+    """
+
+    workdir: Path
+    acceleration: float = 1.0
+    headroom_s: float = 0.3
+    name: str = "spg"
+    on_spawn: object = None  # callback(sid) so a watchdog can end the sessions if we die
+    ports: list = field(default_factory=list)
+    launcher: subprocess.Popen | None = None
+    jackd_pid: int | None = None
+    messages: "queue.Queue[GuiMessage]" = field(default_factory=queue.Queue)
+    version: str = "unknown"
+
+    def __enter__(self):
+        self.boot()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Start JACK + Sonic Pi and wait until the server says it booted."""
+        if not sonic_pi_installed():
+            raise ServerError("Sonic Pi server not found (need Debian's sonic-pi-server, jackd2, "
+                              "supercollider-server): run scripts/setup.sh")
+        if self.acceleration != 1.0 and not FAKETIME_LIB.exists():
+            raise ServerError(f"acceleration needs libfaketime ({FAKETIME_LIB}): apt-get install faketime")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        for sub in ("home", "tmp"):
+            (self.workdir / sub).mkdir(parents=True)
+        # server, gui, scsynth, scsynth-send (must equal scsynth), osc-cues, erlang,
+        # midi-out, midi-in, websocket: the argument order of sonic-pi-server.rb.
+        block = _free_port_block(8)
+        self.ports = [block[0], block[1], block[2], block[2], *block[3:8]]
+        self._listen_gui(self.ports[1])
+        env = dict(os.environ, HOME=str(self.workdir / "home"), TMPDIR=str(self.workdir / "tmp"),
+                   SPG_DIR=str(self.workdir), JACK_NO_AUDIO_RESERVATION="1",
+                   JACK_DEFAULT_SERVER=f"{self.name}-{os.getpid()}-{self.ports[0]}")
+        if self.acceleration != 1.0:
+            env.update(LD_PRELOAD=str(FAKETIME_LIB), FAKETIME=f"+0 x{self.acceleration:g}",
+                       FAKETIME_DONT_RESET="1")
+        script = LAUNCHER % {"rate": SAMPLE_RATE, "server_rb": SERVER_RB}
+        log = open(self.workdir / "server.log", "wb")
+        self.launcher = subprocess.Popen(
+            ["bash", "-c", script, "launcher", *map(str, self.ports)], env=env, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        if self.on_spawn:
+            self.on_spawn(self.launcher.pid)
+        try:
+            self._wait_booted()
+            self.client = SimpleUDPClient("127.0.0.1", self.ports[0])
+            self.run_code(f"set_sched_ahead_time! {self.sched_ahead_s:g}")
+            self._warm_up()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _wait_booted(self) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        log_path = self.workdir / "server.log"
+        while time.monotonic() < deadline:
+            self._register_jackd()
+            text = log_path.read_text(errors="replace")
+            if BOOTED_LINE in text:
+                for line in text.splitlines():
+                    if line.startswith("This is Sonic Pi v"):
+                        self.version = line.split()[4].removeprefix("v")
+                return
+            failed = [line for line in BOOT_FAILED_LINES if line in text]
+            if failed or self.launcher.poll() is not None:
+                raise ServerError(f"Sonic Pi server did not boot ({failed or 'exited'}); "
+                                  f"log: {log_path}\n{text[-800:]}")
+            time.sleep(0.1)
+        raise ServerError(f"Sonic Pi server did not boot in {BOOT_TIMEOUT_S:.0f} s; log: {log_path}")
+
+    def _warm_up(self, timeout_s: float = 30.0) -> None:
+        """Run a quiet program once: the first run after boot is slow (Ruby loads and
+        compiles code paths), slow enough to miss its schedule under acceleration."""
+        self.drain_messages()
+        self.run_code("use_debug false; 8.times { synth :beep, amp: 0; sample :elec_tick, amp: 0; sleep 0.125 }")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.messages.get(timeout=0.2).address == "/runs/all-completed":
+                    return
+            except queue.Empty:
+                continue
+        raise ServerError(f"the server did not finish its warm-up run in {timeout_s:.0f} s")
+
+    def _register_jackd(self) -> None:
+        if self.jackd_pid is None and (self.workdir / "jackd.pid").exists():
+            text = (self.workdir / "jackd.pid").read_text().strip()
+            if text:
+                self.jackd_pid = int(text)
+                if self.on_spawn:
+                    self.on_spawn(self.jackd_pid)  # jackd makes its own session
+
+    @property
+    def sched_ahead_s(self) -> float:
+        """Sonic Pi's sched_ahead_time, in the server's own (accelerated) seconds."""
+        return self.headroom_s * self.acceleration
+
+    def alive(self) -> bool:
+        return self.launcher is not None and self.launcher.poll() is None
+
+    def shutdown(self) -> None:
+        """Ask the server to exit, then end every process of its sessions by pid."""
+        if self.launcher is None:
+            return
+        self._register_jackd()
+        if self.alive():
+            try:
+                self.client.send_message("/exit", [CLIENT_ID])
+                self.launcher.wait(timeout=5)
+            except (AttributeError, OSError, subprocess.TimeoutExpired):
+                pass
+        end_sessions({self.launcher.pid, self.jackd_pid or 0})
+        try:
+            self.launcher.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        remove_faketime_shm(self.launcher.pid)
+        # scsynth's shared memory segment when it was killed before it could remove it
+        Path(f"/dev/shm/SuperColliderServer_{self.ports[2]}").unlink(missing_ok=True)
+        self.launcher = None
+        if getattr(self, "_gui", None):
+            self._gui.shutdown()
+            self._gui.server_close()
+            self._gui = None
+
+    # -- OSC -----------------------------------------------------------------------
+
+    def _listen_gui(self, port: int) -> None:
+        """Receive what the server sends its GUI: errors, log lines, run completion."""
+        dispatcher = Dispatcher()
+        dispatcher.set_default_handler(
+            lambda address, *args: self.messages.put(GuiMessage(time.monotonic(), address, args)))
+        self._gui = ThreadingOSCUDPServer(("127.0.0.1", port), dispatcher)
+        threading.Thread(target=self._gui.serve_forever, daemon=True).start()
+
+    def send(self, address: str, *args) -> None:
+        if not self.alive():
+            raise ServerError("the Sonic Pi server is not running")
+        self.client.send_message(address, [CLIENT_ID, *args])
+
+    def run_code(self, code: str) -> None:
+        self.send("/run-code", code)
+
+    def drain_messages(self) -> list[GuiMessage]:
+        drained = []
+        while True:
+            try:
+                drained.append(self.messages.get_nowait())
+            except queue.Empty:
+                return drained
+
+    def jack_xruns(self) -> int:
+        """JACK xruns so far: an xrun means scsynth missed its deadline and audio broke."""
+        try:
+            return (self.workdir / "jackd.log").read_text(errors="replace").count("XRun")
+        except FileNotFoundError:
+            return 0

@@ -1,0 +1,33 @@
+"""Safety net: ends the renderer's server sessions if the renderer itself dies.
+
+Started by `render_programs` in its own session, so Ctrl-C in the terminal does not
+reach it. It reads one session id per line on stdin as servers start; when stdin
+closes (the renderer exited, was killed with SIGKILL, or crashed) it ends every
+process still in those sessions, by pid, and removes their libfaketime shared memory.
+On a clean exit the renderer has already ended them and this finds nothing to do.
+
+    python -m renderer.watchdog < pipe
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from renderer.server import end_sessions, remove_faketime_shm
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # outlive a Ctrl-C aimed at the renderer
+    sids: set[int] = set()
+    for line in sys.stdin:
+        line = line.strip()
+        if line.isdigit():
+            sids.add(int(line))
+    end_sessions(sids)
+    for sid in sids:
+        remove_faketime_shm(sid)
+
+
+if __name__ == "__main__":
+    main()
