@@ -1,0 +1,90 @@
+"""`sonicpi-gen embed`: the click command; the work is embed.pipeline.embed_dataset."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+
+import click
+
+from embed.encoders import (DEFAULT_AUDIO_BATCH, DEFAULT_AUDIO_MODEL, DEFAULT_CODE_BATCH,
+                            DEFAULT_CODE_MODEL, ENCODERS, LONG_INPUT_MODES, PRECISIONS,
+                            ModelUnavailableError, licence_of)
+from embed.pipeline import EmbedSettingsError, embed_dataset
+
+EPILOG = "\b\nKnown encoders (licence [restriction]; pooling; sample rate; size):\n" + "\n".join(
+    f"  {mid}: {info.licence}{f' [{info.restriction}]' if info.restriction else ''}; "
+    f"{info.pooling}; {f'{info.sample_rate} Hz; ' if info.sample_rate else ''}{info.dim}-d"
+    for mid, info in ENCODERS.items()
+) + ("\n\n\bAny other Hugging Face id or local model folder works too. Offline: pass model "
+     "folders, or set HF_HUB_OFFLINE=1 with a populated cache (docs/embed.md).")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embed").setLevel(level)
+
+
+@click.command("embed", epilog=EPILOG)
+@click.option("--dataset", required=True,
+              help="Dataset folder (data/<config>/<split>-*.parquet) or Hugging Face dataset id.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="embeddings",
+              show_default=True, help="Embeddings root; writes OUT/<code>__<audio>/embeddings.parquet.")
+@click.option("--code-model", default=DEFAULT_CODE_MODEL, show_default=True,
+              help="Code encoder: hub id, alias (codebert, distilroberta-base) or folder.")
+@click.option("--audio-model", default=DEFAULT_AUDIO_MODEL, show_default=True,
+              help="Audio encoder: hub id, alias (clap, clap-music, mert, logmel) or folder.")
+@click.option("--config", "configs", multiple=True, help="Only this config (repeatable).")
+@click.option("--split", "splits", multiple=True, help="Only this split (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto = bf16/fp16 autocast on GPU, fp32 on CPU.")
+@click.option("--code-batch-size", type=click.IntRange(1), default=DEFAULT_CODE_BATCH,
+              show_default=True, help="Token windows per forward pass.")
+@click.option("--audio-batch-size", type=click.IntRange(1), default=DEFAULT_AUDIO_BATCH,
+              show_default=True, help="Clips per forward pass.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Audio decoding processes [default: up to 8 with a GPU, 1 on CPU].")
+@click.option("--long-code", type=click.Choice(LONG_INPUT_MODES), default="chunk",
+              show_default=True, help="Programs over the token window: all windows, or the first.")
+@click.option("--code-revision", default=None, help="Hub revision of the code model.")
+@click.option("--audio-revision", default=None, help="Hub revision of the audio model.")
+@click.option("--offline", is_flag=True, help="Never download (as HF_HUB_OFFLINE=1).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the repo (MERT).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Embed only the first N rows.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
+def embed_command(dataset, out_dir, code_model, audio_model, configs, splits, device, precision,
+                  code_batch_size, audio_batch_size, workers, long_code, code_revision,
+                  audio_revision, offline, trust_remote_code, limit, no_progress, verbose):
+    """Embed a dataset's code and audio into OUT/<code>__<audio>/embeddings.parquet (resumable)."""
+    _setup_logging(verbose)
+    for side, model in (("code", code_model), ("audio", audio_model)):
+        licence, restriction = licence_of(model)
+        click.echo(f"{side} model {model}: licence {licence}"
+                   + (f" - NOTE: {restriction}" if restriction else ""), err=True)
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        result = embed_dataset(
+            dataset, out_dir, code_model, audio_model, configs=configs or None,
+            splits=splits or None, device=device, precision=precision,
+            code_batch_size=code_batch_size, audio_batch_size=audio_batch_size,
+            num_workers=workers, long_input=long_code, code_revision=code_revision,
+            audio_revision=audio_revision, local_files_only=offline or None,
+            trust_remote_code=trust_remote_code, limit=limit, progress=not no_progress,
+            command=shlex.join(sys.argv))
+    except (ModelUnavailableError, EmbedSettingsError, FileNotFoundError, ValueError,
+            ImportError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {result.rows} rows ({result.new_rows} new) to {result.path}")
+    if result.audio_computed:
+        click.echo(f"audio: {result.audio_computed} clips, {result.clips_per_s:.2f} clips/s, "
+                   f"{result.audio_seconds_per_s:.1f} audio-s/s; code: {result.code_computed} "
+                   f"programs in {result.code_seconds:.1f} s")
+    if result.failed:
+        click.echo(f"{len(result.failed)} item(s) failed and were skipped (listed in "
+                   f"provenance.json); a rerun retries them", err=True)
