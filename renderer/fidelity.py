@@ -173,6 +173,15 @@ def _machine_key() -> str:
     return f"{platform.node()}|{os.cpu_count()}|sonic-pi-{DEFAULT_VERSION}"
 
 
+def forget_calibration() -> None:
+    """Drop this machine's cached calibration, so the next "auto" run calibrates again."""
+    cache = _cache_path()
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        cached.pop(_machine_key(), None)
+        cache.write_text(json.dumps(cached, indent=1) + "\n")
+
+
 def resolve_acceleration(acceleration, work_dir: Path) -> float:
     """A number stays as it is; "auto" is the cached calibration, calibrating once if needed."""
     if acceleration != "auto":

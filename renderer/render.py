@@ -97,6 +97,31 @@ def load_jobs(in_dir: Path) -> list[Job]:
     return list(jobs.values())
 
 
+def merge_manifest(in_dir: Path, jobs: list[Job], out_dir: Path) -> None:
+    """Carry the programs' manifest into out_dir/manifest.parquet, so the dataset stage
+    reads only the renders folder. Rendering several programs folders (base, families,
+    scenarios) into one out_dir unions their manifests; a folder of plain .rb files gets
+    a manifest made from its files."""
+    from sonicpi_gen.expand import MANIFEST_SCHEMA
+
+    source = Path(in_dir) / "manifest.parquet"
+    if source.exists():
+        rows = pq.read_table(source).to_pylist()
+    else:
+        rows = [{**{n: None for n in MANIFEST_SCHEMA.names}, "id": j.id, "template": j.template,
+                 "index": i, "code": j.code, "params": "{}", "source": j.source}
+                for i, j in enumerate(jobs)]
+    target = Path(out_dir) / "manifest.parquet"
+    if target.exists():
+        rows = pq.read_table(target).to_pylist() + rows
+    unique = {}
+    for row in rows:
+        unique.setdefault((row["id"], row["group_id"], row["family"], row["scenario"]), row)
+    tmp = target.with_name(f".manifest.parquet.tmp-{os.getpid()}")
+    pq.write_table(pa.Table.from_pylist(list(unique.values()), schema=MANIFEST_SCHEMA), tmp)
+    os.replace(tmp, target)
+
+
 def read_status(out_dir: Path) -> dict[str, dict]:
     """Latest status row per program id: status.parquet, then the journal's later lines."""
     rows = {}
@@ -304,6 +329,7 @@ def render_programs(in_dir: Path, out_dir: Path, workers: int = DEFAULT_WORKERS,
     if templates:
         jobs = [j for j in jobs if j.template in set(templates)]
     out_dir.mkdir(parents=True, exist_ok=True)
+    merge_manifest(in_dir, jobs, out_dir)
     previous = read_status(out_dir)
     todo = [j for j in jobs if not is_done(j, previous.get(j.id), out_dir)]
     factor = resolve_acceleration(acceleration, out_dir / ".work")

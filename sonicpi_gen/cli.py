@@ -100,6 +100,40 @@ def scenarios(scenarios, k, seed, out, templates, templates_dir, check):
 
 
 @main.command()
+@click.option("--in", "in_dir", type=IN_DIR, default=Path("work/programs"), show_default=True,
+              help="An expand output folder, or any folder of .rb files.")
+@click.option("--out", type=OUT_DIR, default=Path("work/renders"), show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Sonic Pi servers side by side [default: 2 x cores, at most 8].")
+@click.option("--acceleration", default="auto", show_default=True,
+              help="Time factor (1 = real time) or 'auto': the fastest factor that passed "
+                   "the fidelity check on this machine.")
+@click.option("--calibrate", is_flag=True, help="Redo the fidelity check that 'auto' uses.")
+@click.option("--headroom", type=click.FloatRange(min=0.05), default=0.3, show_default=True,
+              help="Sonic Pi scheduling headroom, real seconds.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Tries per program when the renderer (not the program) fails.")
+@click.option("--max-full-scale", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Flag a clip as clipped above this fraction of full-scale samples.")
+@click.option("--format", "audio_format", type=click.Choice(["flac", "wav"]), default="flac",
+              show_default=True)
+@templates_option
+def render(in_dir, out, workers, acceleration, calibrate, headroom, max_attempts, max_full_scale,
+           audio_format, templates):
+    """Render programs to 18 s clips on headless Sonic Pi servers (resumable)."""
+    from renderer.fidelity import forget_calibration
+    from renderer.render import DEFAULT_WORKERS, render_programs
+    if calibrate:
+        forget_calibration()
+    summary = _run(render_programs, in_dir, out, workers or DEFAULT_WORKERS, acceleration,
+                   headroom, max_attempts, None, max_full_scale, audio_format, _split(templates))
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
+    click.echo(f"rendered {summary.rendered} clips ({summary.skipped} already done) in "
+               f"{summary.wall_s:.1f} s, {summary.realtime_factor:.1f}x real time; status: {counts}")
+    click.echo(f"clips and status.parquet in {out}")
+
+
+@main.command()
 @click.option("--server-root", type=IN_DIR, default=None,
               help="Sonic Pi's app/server/ruby folder (default: Debian's location).")
 def inventory(server_root):

@@ -39,7 +39,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("id", pa.string()), ("template", pa.string()), ("index", pa.int64()),
     ("draw", pa.int64()), ("seed", pa.int64()), ("params", pa.string()), ("code", pa.string()),
     ("family", pa.string()), ("scenario", pa.string()), ("group_id", pa.string()),
-    ("varied", pa.string()), ("prompt", pa.string()),
+    ("varied", pa.string()), ("prompt", pa.string()), ("source", pa.string()),
 ])
 
 
@@ -60,6 +60,7 @@ class Program:
     group_id: str | None = None
     varied: str | None = None
     prompt: str | None = None
+    source: str | None = None  # a user's .rb file (render's manifest for plain folders)
     id: str = field(init=False)
 
     def __post_init__(self):
@@ -186,7 +187,12 @@ def expand_scenarios(out_dir: Path, scenarios: list[str], k: int = 10, seed: int
     if unknown:
         raise ExpandError(f"unknown scenarios {unknown}; allowed: {list(SCENARIOS)}")
     programs = []
-    for grammar in _load(templates, templates_dir):
+    grammars = _load(templates, templates_dir)
+    for scenario in scenarios:
+        if not any(s.part == scenario for g in grammars for s in g.slots.values()):
+            raise ExpandError(f"no template among {[g.name for g in grammars]} has slots of part "
+                              f"{scenario!r}: nothing to complete for the {scenario} scenario")
+    for grammar in grammars:
         base = draw_programs(grammar, 1, seed)[0]
         for scenario in scenarios:
             part_slots = {s.name for s in grammar.slots.values() if s.part == scenario}

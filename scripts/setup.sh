@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything sonicpi-gen needs on Debian 12: Sonic Pi's server stack (apt) and a
+# Python virtual environment in .venv with the toolkit. Safe to run again.
+#   scripts/setup.sh            expand/render/dataset only
+#   scripts/setup.sh --ml       also torch (CPU wheel) + transformers for embed/align and tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(sonic-pi-server faketime ruby python3-venv)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "==> apt-get install ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  python3 -m venv .venv
+fi
+echo "==> pip install -e ."
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+if [ "${1:-}" = "--ml" ]; then
+  # Pinned: this version is the local CPU wheel; an unpinned torch pulls GBs of CUDA.
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+  .venv/bin/python -m pip install -q -e ".[test,embed,align]"
+else
+  .venv/bin/python -m pip install -q -e ".[test]"
+fi
