@@ -202,10 +202,25 @@ def _download_hint(model_id: str, flag: str) -> str:
             f"or copy the whole Hugging Face cache here, set HF_HOME to it and HF_HUB_OFFLINE=1.")
 
 
+def _in_hub_cache(repo_id: str, cache_dir: str | None) -> bool:
+    """True when the hub cache holds a snapshot of repo_id's main branch with a config.json."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
+    return isinstance(found, str)
+
+
 def _hub_kwargs(model_id_or_path: str, *, revision: str | None, cache_dir: str | None,
                 local_files_only: bool | None, trust_remote_code: bool, flag: str,
-                kind: str) -> tuple[str, dict[str, Any]]:
-    """Where to load from and the from_pretrained keyword arguments (no download offline)."""
+                kind: str) -> tuple[str, dict[str, Any], bool]:
+    """Where to load from, the from_pretrained keyword arguments, and whether the cache
+    was chosen on our own (then a failed cache load may still go online).
+
+    No network when: the model is a folder, local_files_only is given, HF_HUB_OFFLINE is
+    set, or (no revision asked for) the hub cache already holds the model.
+    """
     name = resolve_alias(model_id_or_path)
     path = Path(name).expanduser()
     if path.exists():
@@ -222,24 +237,31 @@ def _hub_kwargs(model_id_or_path: str, *, revision: str | None, cache_dir: str |
     else:
         local = False
     offline = bool(local_files_only) or local or offline_env()
-    kwargs: dict[str, Any] = {"local_files_only": offline, "trust_remote_code": trust_remote_code}
+    auto_local = not offline and not revision and _in_hub_cache(name, cache_dir)
+    if auto_local:
+        logger.info("%s model %s found in the hub cache: loading it without network", kind, name)
+    kwargs: dict[str, Any] = {"local_files_only": offline or auto_local,
+                              "trust_remote_code": trust_remote_code}
     if revision and not local:
         kwargs["revision"] = revision
     if cache_dir:
         kwargs["cache_dir"] = str(cache_dir)
-    return name, kwargs
+    return name, kwargs, auto_local
 
 
-def _load(kind: str, flag: str, name: str, loader: Callable[..., Any], **kwargs):
+def _load(kind: str, flag: str, name: str, loader: Callable[..., Any], auto_local: bool = False,
+          **kwargs):
     """Call a from_pretrained and turn a missing-model OSError into a clear error."""
     try:
         return loader(name, **kwargs)
     except (OSError, ValueError) as err:
+        if auto_local:  # the cache held only part of the model: let the hub fill it in
+            return _load(kind, flag, name, loader, **{**kwargs, "local_files_only": False})
         local = Path(name).is_dir()
         where = ("from the folder" if local else
                  "from the local Hugging Face cache (offline mode: local_files_only)"
                  if kwargs.get("local_files_only") else "from the Hugging Face Hub or its cache")
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         hint = (f"The folder needs config.json, the weights and the tokenizer / feature "
                 f"extractor files ({sorted(p.name for p in Path(name).iterdir())[:12]} found). "
                 if local else "")
@@ -261,17 +283,25 @@ def _weights_digest(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def resolve_revision(name: str, config: Any, requested: str | None) -> str:
+def resolve_revision(name: str, config: Any, requested: str | None,
+                     cache_dir: str | None = None) -> str:
     """Commit hash of what was loaded: hub-cache snapshot name, config commit, or weights hash."""
-    match = re.search(r"snapshots[/\\]([0-9a-f]{40})", str(Path(name).resolve()))
-    if match and Path(name).is_dir():
-        return match.group(1)
+    snapshot = re.compile(r"snapshots[/\\]([0-9a-f]{40})")
+    if Path(name).is_dir():
+        match = snapshot.search(str(Path(name).resolve()))
+        return match.group(1) if match else f"local-sha256:{_weights_digest(Path(name))}"
     commit = getattr(config, "_commit_hash", None)
     if commit:
         return str(commit)
-    if Path(name).is_dir():
-        return f"local-sha256:{_weights_digest(Path(name))}"
-    return requested or "unknown"
+    try:  # the snapshot the cache resolved this id (and revision) to
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json", cache_dir=cache_dir,
+                                       revision=requested)
+    except Exception:  # provenance only: never fail a run over it
+        found = None
+    match = snapshot.search(found) if isinstance(found, str) else None
+    return match.group(1) if match else (requested or "unknown")
 
 
 def resolve_device(device: str | None):
@@ -479,11 +509,12 @@ def load_code_encoder(model_id_or_path: str = DEFAULT_CODE_MODEL, device: str = 
         raise ValueError(f"pooling must be one of {CODE_POOLINGS}, got {pooling!r}")
     if resolve_alias(model_id_or_path) == LOGMEL_ID:
         raise ValueError(f"'{LOGMEL_ID}' is an audio descriptor, not a code encoder")
-    name, kw = _hub_kwargs(model_id_or_path, revision=revision, cache_dir=cache_dir,
-                           local_files_only=local_files_only,
-                           trust_remote_code=trust_remote_code, flag="--code-model", kind="code")
-    tokenizer = _load("code", "--code-model", name, AutoTokenizer.from_pretrained, **kw)
-    model = _load("code", "--code-model", name, AutoModel.from_pretrained, **kw)
+    name, kw, auto = _hub_kwargs(model_id_or_path, revision=revision, cache_dir=cache_dir,
+                                 local_files_only=local_files_only,
+                                 trust_remote_code=trust_remote_code, flag="--code-model",
+                                 kind="code")
+    tokenizer = _load("code", "--code-model", name, AutoTokenizer.from_pretrained, auto, **kw)
+    model = _load("code", "--code-model", name, AutoModel.from_pretrained, auto, **kw)
     dev = resolve_device(device)
     model.to(dev).eval()
     window = _model_window(model, tokenizer)
@@ -492,7 +523,7 @@ def load_code_encoder(model_id_or_path: str = DEFAULT_CODE_MODEL, device: str = 
     max_length = min(max_length or window, window)
     logger.info("code encoder %s on %s, window %d tokens (%s)", name, dev, max_length, long_input)
     return CodeEncoder(model, tokenizer, name=name,
-                       revision=resolve_revision(name, model.config, revision), device=dev,
+                       revision=resolve_revision(name, model.config, revision, cache_dir), device=dev,
                        precision=resolve_precision(precision, dev), batch_size=batch_size,
                        long_input=long_input, max_length=max_length, pooling=pooling,
                        normalize=normalize)
@@ -700,20 +731,22 @@ def load_audio_encoder(model_id_or_path: str = DEFAULT_AUDIO_MODEL, device: str 
     _import_torch()
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, ClapModel
 
-    name, kw = _hub_kwargs(model_id_or_path, revision=revision, cache_dir=cache_dir,
-                           local_files_only=local_files_only,
-                           trust_remote_code=trust_remote_code, flag="--audio-model", kind="audio")
-    config = _load("audio", "--audio-model", name, AutoConfig.from_pretrained, **kw)
-    extractor = _load("audio", "--audio-model", name, AutoFeatureExtractor.from_pretrained, **kw)
+    name, kw, auto = _hub_kwargs(model_id_or_path, revision=revision, cache_dir=cache_dir,
+                                 local_files_only=local_files_only,
+                                 trust_remote_code=trust_remote_code, flag="--audio-model",
+                                 kind="audio")
+    config = _load("audio", "--audio-model", name, AutoConfig.from_pretrained, auto, **kw)
+    extractor = _load("audio", "--audio-model", name, AutoFeatureExtractor.from_pretrained, auto,
+                      **kw)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    rev = resolve_revision(name, config, revision)
+    rev = resolve_revision(name, config, revision, cache_dir)
     if config.model_type == "clap":
-        model = _load("audio", "--audio-model", name, ClapModel.from_pretrained, **kw)
+        model = _load("audio", "--audio-model", name, ClapModel.from_pretrained, auto, **kw)
         model.to(dev).eval()
         return ClapAudioEncoder(model, extractor, name=name, revision=rev, device=dev,
                                 precision=prec, batch_size=batch_size, window_s=window_s)
-    model = _load("audio", "--audio-model", name, AutoModel.from_pretrained, **kw)
+    model = _load("audio", "--audio-model", name, AutoModel.from_pretrained, auto, **kw)
     model.to(dev).eval()
     logger.info("audio encoder %s on %s at %d Hz", name, dev, extractor.sampling_rate)
     return HFAudioEncoder(model, extractor, name=name, revision=rev, device=dev, precision=prec,

@@ -270,6 +270,25 @@ def test_missing_model_names_model_and_the_fix(tmp_path, monkeypatch):
         load_audio_encoder(str(tmp_path / "empty"))
 
 
+def test_populated_hub_cache_loads_without_network(tmp_path, code_model, monkeypatch):
+    import shutil
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--someorg--tiny-roberta"
+    shutil.copytree(code_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    start = time.perf_counter()
+    enc = load_code_encoder("someorg/tiny-roberta", cache_dir=str(tmp_path / "cache"))
+    assert time.perf_counter() - start < 30  # no hub round trips with retries
+    assert enc.revision == commit
+    by_folder = load_code_encoder(str(repo / "snapshots" / commit))
+    assert by_folder.revision == commit
+    assert by_folder.describe()["licence"] == "apache-2.0"
+
+
 # ---------------------------------------------------------------- the stage
 
 
