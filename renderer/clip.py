@@ -44,7 +44,7 @@ FINAL_STATUSES = ("ok", "syntax_error", "runtime_error", "silent")
 class ClipResult:
     """What rendering one program gave. `audio` is int16 (frames, 2) when status is ok."""
 
-    status: str  # ok, syntax_error, runtime_error, silent, timeout, timing, xrun, server_error
+    status: str  # ok, syntax_error, runtime_error, silent, timeout, timing, xrun, late, server_error
     message: str | None = None
     audio: np.ndarray | None = field(default=None, repr=False)
     levels: dict = field(default_factory=dict)
@@ -53,7 +53,7 @@ class ClipResult:
     @property
     def retryable(self) -> bool:
         """Failures of the renderer, not of the program: retry (maybe slower) instead."""
-        return self.status in ("timeout", "timing", "xrun", "server_error")
+        return self.status in ("timeout", "timing", "xrun", "late", "server_error")
 
 
 def wrap_program(code: str, token: str) -> str:
@@ -124,7 +124,7 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     token = f"spg-end-{uuid.uuid4().hex[:12]}"
     clip_wall_s = (MARKER_LEAD_S + CLIP_SECONDS + 0.125 + server.sched_ahead_s) / speed
     timeout_s = timeout_s or 3 * clip_wall_s + 10
-    xruns_before = server.jack_xruns()
+    faults_before = server.scheduling_faults()
     wav = server.workdir / f"take-{token}.wav"
     server.drain_messages()
     server.send("/start-recording")
@@ -140,8 +140,12 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
         result.render_s = time.monotonic() - started
         return result
     recording = _save_recording(server, wav)
-    if server.jack_xruns() > xruns_before:
-        return ClipResult("xrun", f"JACK xrun at x{speed:g}: scsynth missed its deadline",
+    faults = {k: n - faults_before[k] for k, n in server.scheduling_faults().items()}
+    if faults["xrun"]:
+        return ClipResult("xrun", f"{faults['xrun']} JACK xruns at x{speed:g}: scsynth missed "
+                          "its deadline", render_s=time.monotonic() - started)
+    if faults["late"]:
+        return ClipResult("late", f"{faults['late']} events reached scsynth late at x{speed:g}",
                           render_s=time.monotonic() - started)
     clip = cut_clip(recording)
     levels = measure_levels(clip)

@@ -217,6 +217,7 @@ class _Worker(threading.Thread):
     def _render(self, job: Job) -> tuple[ClipResult, int, float]:
         factor = self.batch.acceleration
         result = ClipResult("server_error", "not rendered")
+        hiccups = 0
         for attempt in range(1, self.batch.max_attempts + 1):
             if self.batch.stop.is_set():
                 break
@@ -233,7 +234,10 @@ class _Worker(threading.Thread):
                 continue
             if not result.retryable:
                 return result, attempt, factor
-            if result.status in ("timing", "xrun") and factor > 1:
+            hiccups += result.status in ("xrun", "late")
+            if result.status in ("xrun", "late") and hiccups == 1:
+                continue  # a passing scheduling hiccup: once more at the same speed
+            if result.status in ("timing", "xrun", "late") and factor > 1:
                 # The renderer's fault: the stack could not keep up at this speed.
                 slower = [f for f in SLOWER_FACTORS if f < factor]
                 logger.info("%s: %s at x%g, retrying at x%g", job.id, result.status, factor, slower[0])

@@ -1,0 +1,79 @@
+"""Per-clip logic without a server: alignment, levels, messages."""
+
+import numpy as np
+import pytest
+
+from renderer.clip import (CLIP_FRAMES, MARKER_LEAD_S, clean_message, cut_clip, find_marker,
+                           measure_levels, wrap_program)
+from renderer.fidelity import envelope_correlation, grid_error, onset_times, spectrum_similarity
+from renderer.server import SAMPLE_RATE, ServerError
+
+
+def _recording(marker_at: int, total_s: float = 20.0) -> np.ndarray:
+    audio = np.zeros((int(total_s * SAMPLE_RATE), 2), dtype=np.int16)
+    audio[marker_at:marker_at + 100] = 10000  # the marker click
+    beat0 = marker_at + int(MARKER_LEAD_S * SAMPLE_RATE)
+    audio[beat0:beat0 + 50] = 5000  # the program's first event, at beat 0
+    return audio
+
+
+def test_clip_starts_at_beat_zero_and_is_exactly_18_s():
+    clip = cut_clip(_recording(marker_at=12345))
+    assert clip.shape == (CLIP_FRAMES, 2) == (793800, 2)
+    assert clip[0, 0] == 5000 and clip[50, 0] == 0
+    assert find_marker(_recording(777)) == 777
+
+
+def test_short_or_silent_recording_is_a_server_error():
+    with pytest.raises(ServerError, match="recording too short"):
+        cut_clip(_recording(marker_at=100, total_s=10))
+    with pytest.raises(ServerError, match="no marker"):
+        cut_clip(np.zeros((SAMPLE_RATE, 2), dtype=np.int16))
+
+
+def test_levels():
+    audio = np.zeros((1000, 2), dtype=np.int16)
+    audio[:10] = 32767
+    levels = measure_levels(audio)
+    assert levels["full_scale_fraction"] == pytest.approx(0.01)
+    assert levels["peak_dbfs"] == pytest.approx(20 * np.log10(32767 / 32768))
+    assert levels["rms_dbfs"] == pytest.approx(20 * np.log10(np.sqrt(0.01) * 32767 / 32768))
+    assert measure_levels(np.zeros((10, 2), dtype=np.int16))["peak_dbfs"] == -np.inf
+
+
+def test_wrapper_is_one_line_and_sets_120_bpm():
+    wrapped = wrap_program("play 60\n", "tok")
+    first, rest = wrapped.split("\n", 1)
+    assert rest == "play 60\n" and first.startswith("use_bpm 120;") and 'puts "tok"' in first
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("[buffer eval, line 3] - NoMethodError\nThread death!\n undefined method `foo&#39; for Runtime",
+     "line 3: NoMethodError undefined method `foo' for Runtime"),
+    ("[buffer eval, line 781] - SyntaxError\nThread death!\n eval:2: syntax error, unexpected end-of-input",
+     "SyntaxError line 2: syntax error, unexpected end-of-input"),
+])
+def test_clean_message(raw, clean):
+    assert clean_message(raw) == clean
+
+
+def test_onsets_and_grid_error_on_a_synthetic_click_track():
+    audio = np.zeros((SAMPLE_RATE * 3, 2), dtype=np.int16)
+    for t in (0.0, 0.5, 1.0, 1.503):
+        i = int(t * SAMPLE_RATE)
+        audio[i:i + 200] = 8000
+    onsets = onset_times(audio)
+    assert np.allclose(onsets, [0.0, 0.5, 1.0, 1.503], atol=1 / SAMPLE_RATE)
+    assert grid_error(onsets) == pytest.approx(0.003, abs=1e-4)
+
+
+def test_similarity_measures_know_same_and_different():
+    rng = np.random.default_rng(0)
+    t = np.arange(SAMPLE_RATE * 2) / SAMPLE_RATE
+    tone = (np.sin(2 * np.pi * 440 * t) * (t % 0.5 < 0.1) * 10000).astype(np.int16)
+    a = np.stack([tone, tone], axis=1)
+    noise = (rng.standard_normal((len(t), 2)) * 3000).astype(np.int16)
+    assert spectrum_similarity(a, a) == pytest.approx(1.0)
+    assert envelope_correlation(a, a) == pytest.approx(1.0)
+    assert spectrum_similarity(a, noise) < 0.9
+    assert abs(envelope_correlation(a, noise)) < 0.3

@@ -1,0 +1,168 @@
+"""Integration tests against the real Sonic Pi server (Debian's 3.2.2 stack).
+
+CI installs the stack (scripts/setup.sh) and runs these; they boot their own servers
+and end them by pid. Without the stack they are skipped with the reason.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from renderer.clip import CLIP_FRAMES, render_clip
+from renderer.fidelity import METRONOME, check_fidelity, grid_error, onset_times
+from renderer.render import read_status, render_programs
+from renderer.server import SonicPiServer, sonic_pi_installed
+from sonicpi_gen.expand import expand_templates
+
+pytestmark = [pytest.mark.sonicpi,
+              pytest.mark.skipif(not sonic_pi_installed(), reason="Sonic Pi server stack not installed "
+                                 "(scripts/setup.sh installs it)")]
+FACTOR = 8.0
+REPO = Path(__file__).resolve().parent.parent
+
+
+def stack_processes(root: Path) -> list[tuple[int, str]]:
+    """Live processes started for servers whose folders are under `root` (found by the
+    SPG_DIR variable every process of a server's stack inherits)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+        if any(v.startswith(b"SPG_DIR=" + str(root).encode()) for v in env):
+            found.append((int(entry), comm))
+    return found
+
+
+def wait_until(predicate, timeout_s, step=0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server")
+    with SonicPiServer(root / "w", acceleration=FACTOR) as srv:
+        yield srv
+    assert wait_until(lambda: not stack_processes(root), 10), stack_processes(root)
+
+
+def test_metronome_lands_on_the_grid_and_the_clip_is_exactly_18_s(server):
+    result = render_clip(server, METRONOME)
+    assert result.status == "ok", result.message
+    assert result.audio.shape == (CLIP_FRAMES, 2) == (793800, 2)
+    onsets = onset_times(result.audio)
+    assert abs(onsets[0]) <= 0.010, "an event at beat 0 lands at 0 ms"
+    assert grid_error(onsets) <= 0.005, "onsets on the 0.5 s grid"
+    assert int(np.sum(onsets < 17.995)) == 36
+
+
+def test_program_setting_its_own_bpm_keeps_it(server):
+    result = render_clip(server, "use_bpm 60\nlive_loop :m do\n  play 84, release: 0.05\n  sleep 1\nend\n")
+    onsets = onset_times(result.audio)
+    assert np.allclose(np.diff(onsets)[:10], 1.0, atol=0.003)
+
+
+def test_syntax_error_is_captured_with_its_message(server):
+    result = render_clip(server, "live_loop :a do\n  play 60\n  sleep 1\n")
+    assert result.status == "syntax_error" and result.audio is None
+    assert "syntax error" in result.message and "end-of-input" in result.message
+
+
+def test_runtime_error_is_captured_with_its_line(server):
+    result = render_clip(server, "play 60\nsleep 1\nfoo_bar 3\n")
+    assert result.status == "runtime_error" and result.audio is None
+    assert result.message.startswith("line 3: NoMethodError undefined method `foo_bar'")
+
+
+def test_unknown_synth_is_a_runtime_error(server):
+    result = render_clip(server, "use_synth :blase\nplay 60\n")
+    assert result.status == "runtime_error" and "Unknown synth :blase" in result.message
+
+
+def test_silent_program_is_flagged_not_written(server):
+    result = render_clip(server, "live_loop :quiet do\n  play 60, amp: 0\n  sleep 1\nend\n")
+    assert result.status == "silent" and result.audio is None
+    assert result.levels["peak_dbfs"] < -60
+
+
+def test_loud_program_is_flagged_clipped_but_kept(server):
+    result = render_clip(server, "live_loop :loud do\n  play 40, amp: 2, attack: 0, sustain: 1, "
+                                 "release: 0\n  sleep 1\nend\n", max_full_scale=0.001)
+    assert result.status == "ok" and result.message.startswith("clipped")
+    assert result.levels["full_scale_fraction"] > 0.001
+
+
+@pytest.fixture
+def programs(tmp_path):
+    expand_templates(tmp_path / "programs", n=2, seed=0, templates=["haunted", "reich_phase"])
+    return tmp_path / "programs"
+
+
+def test_resume_after_a_killed_run_renders_only_what_was_missing(programs, tmp_path):
+    out = tmp_path / "renders"
+    proc = subprocess.Popen([sys.executable, "-m", "sonicpi_gen.cli", "render", "--in", str(programs),
+                             "--out", str(out), "--workers", "1", "--acceleration", str(FACTOR)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / "status.jsonl"
+    assert wait_until(lambda: journal.exists() and journal.read_text().count("\n") >= 1, 120)
+    proc.send_signal(signal.SIGKILL)  # no cleanup code of the renderer runs
+    proc.wait()
+    assert wait_until(lambda: not stack_processes(out), 15), stack_processes(out)
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    done = {i for i, row in read_status(out).items() if row["status"] == "ok"}
+    assert 1 <= len(done) < 4
+    summary = render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)
+    assert summary.skipped == len(done) and summary.rendered == 4 - len(done)
+    rows = pq.read_table(out / "status.parquet").to_pylist()
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    for row in rows:
+        audio, rate = sf.read(out / row["path"], dtype="int16")
+        assert audio.shape == (793800, 2) and rate == 44100 and row["sonic_pi_version"] == "3.2.2"
+    again = render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)
+    assert again.rendered == 0 and again.skipped == 4
+    assert not stack_processes(out)
+
+
+def test_a_server_killed_mid_run_is_replaced_and_no_clip_is_lost(programs, tmp_path):
+    out = tmp_path / "renders"
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        summary=render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)))
+    thread.start()
+    pids = out / ".work" / "worker-0" / "tmp" / "sonic-pi-pids"
+    assert wait_until(lambda: pids.exists() and any(pids.iterdir()), 120)
+    time.sleep(1.0)  # into the first clip
+    victims = [p for p, comm in stack_processes(out) if comm == "scsynth"]
+    assert victims
+    os.kill(victims[0], signal.SIGKILL)
+    thread.join(timeout=300)
+    summary = result["summary"]
+    assert summary.counts == {"ok": 4}
+    assert sum(row["attempts"] for row in summary.rows) > 4
+    assert not stack_processes(out)
+
+
+def test_accelerated_render_matches_real_time(tmp_path):
+    report = check_fidelity(FACTOR, tmp_path / "fidelity")
+    assert report.worst_onset_error_s <= 0.005
+    assert report.spectrum_similarity >= report.realtime_spectrum_similarity - 0.01
+    assert report.passed, report
+    assert not stack_processes(tmp_path)
