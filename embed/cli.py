@@ -14,12 +14,13 @@ from embed.encoders import (DEFAULT_AUDIO_BATCH, DEFAULT_AUDIO_MODEL, DEFAULT_CO
                             ModelUnavailableError, licence_of)
 from embed.pipeline import EmbedSettingsError, embed_dataset
 
-EPILOG = "\b\nKnown encoders (licence [restriction]; pooling; sample rate; size):\n" + "\n".join(
-    f"  {mid}: {info.licence}{f' [{info.restriction}]' if info.restriction else ''}; "
-    f"{info.pooling}; {f'{info.sample_rate} Hz; ' if info.sample_rate else ''}{info.dim}-d"
+EPILOG = "\b\nKnown encoders (licence [restriction]; size; sample rate):\n" + "\n".join(
+    f"  {mid}\n      {info.licence}{f' [{info.restriction}]' if info.restriction else ''}; "
+    f"{info.dim}-d{f'; {info.sample_rate} Hz' if info.sample_rate else ''}"
     for mid, info in ENCODERS.items()
-) + ("\n\n\bAny other Hugging Face id or local model folder works too. Offline: pass model "
-     "folders, or set HF_HUB_OFFLINE=1 with a populated cache (docs/embed.md).")
+) + ("\n\nAny other Hugging Face id or local model folder works too. Offline: pass model "
+     "folders, or set HF_HUB_OFFLINE=1 with a populated cache. Pooling and details: "
+     "docs/embed.md.")
 
 
 def _setup_logging(verbose: int) -> None:

@@ -63,12 +63,11 @@ class EncoderInfo:
     restriction: str = ""  # non-empty when the licence restricts use or is not stated
 
 
-_UNSTATED = ("no licence on the model card: check the authors' terms before "
-             "redistributing weights or derived embeddings")
+_UNSTATED = "no licence stated: check before redistributing"
 
 ENCODERS: dict[str, EncoderInfo] = {
     DEFAULT_CODE_MODEL: EncoderInfo(
-        "code", "not stated on the model card (base distilroberta-base: Apache-2.0)",
+        "code", "not stated on the card (base distilroberta-base: Apache-2.0)",
         "mean over tokens (attention mask), L2-normalised", None, 768,
         "study default: distilroberta fine-tuned for code search on CodeSearchNet",
         _UNSTATED),
@@ -76,7 +75,7 @@ ENCODERS: dict[str, EncoderInfo] = {
         "code", "Apache-2.0", "mean over tokens (attention mask), L2-normalised", None, 768,
         "plain distilroberta-base, the encoder the paper names (not trained on code)"),
     "microsoft/codebert-base": EncoderInfo(
-        "code", "not stated on the model card (the CodeBERT GitHub repository is MIT)",
+        "code", "not stated on the card (CodeBERT's GitHub repository: MIT)",
         "mean over tokens (attention mask), L2-normalised", None, 768,
         "RoBERTa-base trained on code and docs (CodeSearchNet: Go, Java, JS, PHP, Python, Ruby)",
         _UNSTATED),
@@ -97,7 +96,7 @@ ENCODERS: dict[str, EncoderInfo] = {
     "m-a-p/MERT-v1-95M": EncoderInfo(
         "audio", "CC-BY-NC-4.0", "mean of last_hidden_state over time", 24000, 768,
         "self-supervised music model; custom model code: needs trust_remote_code=True",
-        "non-commercial use only (CC-BY-NC-4.0)"),
+        "non-commercial use only"),
     LOGMEL_ID: EncoderInfo(
         "audio", "none (numpy code in this package, no weights)",
         "mean and std over time of 64 log-mel bands", LOGMEL_SAMPLE_RATE, 2 * LOGMEL_N_MELS,

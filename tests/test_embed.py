@@ -245,6 +245,19 @@ def test_audio_encoder_deterministic_mixed_lengths_and_rates(encoders):
     np.testing.assert_array_equal(a[0], a[3])
 
 
+def test_bf16_autocast_path_stays_close_to_fp32(code_model, audio_model, encoders):
+    # the GPU path's autocast, exercised on CPU: same numbers to bf16 precision
+    code16 = load_code_encoder(str(code_model), precision="bf16")
+    audio16 = load_audio_encoder(str(audio_model), precision="bf16")
+    assert code16.describe()["precision"] == "bf16"
+    texts = list(PROGRAMS.values())
+    np.testing.assert_allclose(code16.encode(texts), encoders[0].encode(texts), atol=0.05)
+    clips = [(clip(220.0), 44100)]
+    a16, a32 = audio16.encode(clips), encoders[1].encode(clips)
+    assert a16.dtype == np.float32
+    assert np.corrcoef(a16[0], a32[0])[0, 1] > 0.99
+
+
 def test_clap_encoder_windows_and_normalises(clap_model):
     enc = load_audio_encoder(str(clap_model))
     assert enc.sample_rate == 48000 and enc.dim == 8
