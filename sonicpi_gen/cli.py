@@ -133,6 +133,55 @@ def render(in_dir, out, workers, acceleration, calibrate, headroom, max_attempts
     click.echo(f"clips and status.parquet in {out}")
 
 
+@main.group()
+def dataset() -> None:
+    """Build the Hugging Face dataset folder from renders, and publish it."""
+
+
+@dataset.command("build")
+@click.option("--in", "in_dirs", type=IN_DIR, multiple=True, default=[Path("work/renders")],
+              show_default=True, help="A renders folder; repeat to merge several.")
+@click.option("--out", type=OUT_DIR, default=Path("work/dataset"), show_default=True)
+@click.option("--max-shard-mb", type=click.FloatRange(min=0.1), default=500.0, show_default=True,
+              help="Largest Parquet shard, in MB (10^6 bytes).")
+@click.option("--drop-clipped", is_flag=True,
+              help="Leave out clips flagged clipped (the card counts them either way).")
+@click.option("--license", "license_id", default="mit", show_default=True,
+              help="Licence id for the card (Hub vocabulary: mit, cc-by-4.0, ...).")
+@click.option("--repo-id", default=None, help="Hub id for the card's usage examples [default: ORG/NAME].")
+@click.option("--card-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Jinja2 card template [default: the repository's dataset_card.md].")
+@click.option("--configs", default="default,unseen_templates,families,scenarios", show_default=True,
+              help="Comma-separated configurations to write (unseen_templates repeats default's audio).")
+def dataset_build(in_dirs, out, max_shard_mb, drop_clipped, license_id, repo_id, card_template, configs):
+    """Write Parquet shards per config and split, and a dataset card, from renders folders."""
+    from sonicpi_gen.dataset import build_dataset
+    summary = _run(build_dataset, list(in_dirs), out, max_shard_mb, drop_clipped, license_id,
+                   repo_id, card_template, tuple(_split(configs) or ()), progress=True)
+    rows = "; ".join(f"{config} " + ", ".join(f"{split} {n}" for split, n in splits.items())
+                     for config, splits in summary.rows.items())
+    left_out = ", ".join(f"{n} {why}" for why, n in summary.left_out.items()) or "none"
+    click.echo(f"wrote {summary.clips} clips in {len(summary.shards)} shards to {out} "
+               f"({summary.wall_s:.1f} s, {summary.clips_per_s:.1f} clips/s): {rows}")
+    click.echo(f"left out {sum(summary.left_out.values())} of {summary.programs} programs "
+               f"({left_out}); {summary.clipped} clipped")
+
+
+@dataset.command("publish")
+@click.argument("dataset_dir", type=IN_DIR)
+@click.option("--repo-id", required=True, help="Hub dataset repository, ORG/NAME.")
+@click.option("--private", is_flag=True, help="Create the repository private.")
+@click.option("--dry-run", is_flag=True, help="List the files and sizes that would go up; upload nothing.")
+def dataset_publish(dataset_dir, repo_id, private, dry_run):
+    """Upload a dataset folder to the Hugging Face Hub (resumable: rerun after a break)."""
+    from sonicpi_gen.publish import publish_dataset
+    result = _run(publish_dataset, dataset_dir, repo_id, private, dry_run)
+    for path, size in result.files:
+        click.echo(f"{size:>14,d}  {path}")
+    verb = "would upload" if dry_run else "uploaded"
+    click.echo(f"{verb} {len(result.files)} files, {result.total_bytes / 1e6:.1f} MB, to {result.url}")
+
+
 @main.command()
 @click.option("--server-root", type=IN_DIR, default=None,
               help="Sonic Pi's app/server/ruby folder (default: Debian's location).")
