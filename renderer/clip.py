@@ -84,14 +84,23 @@ def clean_message(text: str) -> str:
     return f"line {where.group(1)}: {text}" if where else text
 
 
-def measure_levels(audio: np.ndarray) -> dict:
-    """Peak and RMS in dBFS and the fraction of samples at full scale, for int16 audio."""
+def measure_levels(audio: np.ndarray, window_s: float = 0.05) -> dict:
+    """Levels of int16 audio: peak and RMS in dBFS, the fraction of samples at full
+    scale, and the longest stretch (s) whose 50 ms windows all peak below -60 dBFS."""
     x = audio.astype(np.float64) / 32768.0
     peak = float(np.abs(x).max()) if x.size else 0.0
     rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
     full = float(np.mean(np.abs(audio.astype(np.int32)) >= 32767)) if x.size else 0.0
     to_db = lambda v: float(20 * np.log10(v)) if v > 0 else -np.inf
-    return {"peak_dbfs": to_db(peak), "rms_dbfs": to_db(rms), "full_scale_fraction": full}
+    hop = int(window_s * SAMPLE_RATE)
+    n = len(x) // hop
+    quiet = np.abs(x[: n * hop]).reshape(n, -1).max(axis=1) < 10 ** (SILENCE_DBFS / 20) if n else []
+    longest = run = 0
+    for q in quiet:
+        run = run + 1 if q else 0
+        longest = max(longest, run)
+    return {"peak_dbfs": to_db(peak), "rms_dbfs": to_db(rms), "full_scale_fraction": full,
+            "longest_silence_s": longest * window_s}
 
 
 def find_marker(recording: np.ndarray) -> int | None:

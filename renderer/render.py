@@ -42,7 +42,8 @@ STATUS_SCHEMA = pa.schema([
     ("path", pa.string()), ("audio_sha256", pa.string()), ("duration_s", pa.float64()),
     ("sample_rate", pa.int64()), ("bpm", pa.int64()), ("bars", pa.int64()),
     ("peak_dbfs", pa.float64()), ("rms_dbfs", pa.float64()),
-    ("full_scale_fraction", pa.float64()), ("clipped", pa.bool_()), ("render_s", pa.float64()),
+    ("full_scale_fraction", pa.float64()), ("longest_silence_s", pa.float64()),
+    ("clipped", pa.bool_()), ("render_s", pa.float64()),
     ("attempts", pa.int64()), ("worker", pa.int64()), ("acceleration", pa.float64()),
     ("sonic_pi_version", pa.string()),
 ])

@@ -192,5 +192,25 @@ def inventory(server_root):
     click.echo(f"wrote {path}")
 
 
+def _add_embed_command() -> None:
+    # embed needs torch/transformers (the `embed` extra); without them the command still
+    # appears and says what to install.
+    try:
+        from embed.cli import embed_command
+    except ImportError as err:
+        missing = err.name
+
+        @main.command("embed", context_settings={"ignore_unknown_options": True})
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def embed_command(args):
+            """Embed code and audio of a dataset (needs the `embed` extra)."""
+            raise click.ClickException(f"embedding needs {missing}: pip install 'sonicpi-gen[embed]' "
+                                       "torch==2.13.0 (scripts/setup.sh --ml does)")
+        return
+    main.add_command(embed_command)
+
+
+_add_embed_command()
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,6 +41,12 @@ def test_levels():
     assert measure_levels(np.zeros((10, 2), dtype=np.int16))["peak_dbfs"] == -np.inf
 
 
+def test_longest_silence():
+    audio = np.full((SAMPLE_RATE * 4, 2), 1000, dtype=np.int16)
+    audio[SAMPLE_RATE:SAMPLE_RATE * 2 + SAMPLE_RATE // 2] = 0  # 1.5 s of silence
+    assert measure_levels(audio)["longest_silence_s"] == pytest.approx(1.5, abs=0.05)
+
+
 def test_wrapper_is_one_line_and_sets_120_bpm():
     wrapped = wrap_program("play 60\n", "tok")
     first, rest = wrapped.split("\n", 1)
