@@ -154,7 +154,7 @@ def dataset() -> None:
 @click.option("--configs", default="default,unseen_templates,families,scenarios", show_default=True,
               help="Comma-separated configurations to write (unseen_templates repeats default's audio).")
 def dataset_build(in_dirs, out, max_shard_mb, drop_clipped, license_id, repo_id, card_template, configs):
-    """Write Parquet shards per config and split, and a dataset card, from renders folders."""
+    """Build the dataset folder (Parquet shards, card) from renders."""
     from sonicpi_gen.dataset import build_dataset
     summary = _run(build_dataset, list(in_dirs), out, max_shard_mb, drop_clipped, license_id,
                    repo_id, card_template, tuple(_split(configs) or ()), progress=True)
@@ -173,7 +173,7 @@ def dataset_build(in_dirs, out, max_shard_mb, drop_clipped, license_id, repo_id,
 @click.option("--private", is_flag=True, help="Create the repository private.")
 @click.option("--dry-run", is_flag=True, help="List the files and sizes that would go up; upload nothing.")
 def dataset_publish(dataset_dir, repo_id, private, dry_run):
-    """Upload a dataset folder to the Hugging Face Hub (resumable: rerun after a break)."""
+    """Upload a dataset folder to the Hub (resumable)."""
     from sonicpi_gen.publish import publish_dataset
     result = _run(publish_dataset, dataset_dir, repo_id, private, dry_run)
     for path, size in result.files:
