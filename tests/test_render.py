@@ -168,3 +168,15 @@ def test_accelerated_render_matches_real_time(tmp_path):
     assert report.spectrum_similarity >= report.realtime_spectrum_similarity - 0.01
     assert report.passed, report
     assert not stack_processes(tmp_path)
+
+
+def test_every_template_renders_and_sounds_for_all_9_bars(tmp_path):
+    expand_templates(tmp_path / "programs", n=1, seed=3)
+    summary = render_programs(tmp_path / "programs", tmp_path / "renders", workers=2,
+                              acceleration=FACTOR, progress=False)
+    rows = {r["template"]: r for r in summary.rows}
+    assert len(rows) == 27
+    assert {t: r["status"] for t, r in rows.items() if r["status"] != "ok"} == {}
+    assert {t: r["longest_silence_s"] for t, r in rows.items() if r["longest_silence_s"] > 1.0} == {}
+    assert {t: r["peak_dbfs"] for t, r in rows.items() if r["peak_dbfs"] < -40} == {}
+    assert not stack_processes(tmp_path)
