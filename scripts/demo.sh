@@ -7,4 +7,4 @@ N="${N:-2}"
 bash scripts/setup.sh
 .venv/bin/sonicpi-gen expand --n "$N" --seed 0 --out work/programs --check
 .venv/bin/sonicpi-gen render --in work/programs --out work/renders
-.venv/bin/sonicpi-gen dataset build --in work/renders --programs work/programs --out work/dataset
+.venv/bin/sonicpi-gen dataset build --in work/renders --out work/dataset

@@ -165,6 +165,9 @@ def dataset_build(in_dirs, out, max_shard_mb, drop_clipped, license_id, repo_id,
                f"({summary.wall_s:.1f} s, {summary.clips_per_s:.1f} clips/s): {rows}")
     click.echo(f"left out {sum(summary.left_out.values())} of {summary.programs} programs "
                f"({left_out}); {summary.clipped} clipped")
+    click.echo(f"load it with:  datasets.load_dataset({str(out)!r})\n"
+               f"or, with no audio decoder needed:  from sonicpi_gen.dataset import load_local, "
+               f"decode_audio; rows = load_local({str(out)!r})")
 
 
 @dataset.command("publish")
