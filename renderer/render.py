@@ -209,6 +209,8 @@ class _Worker(threading.Thread):
                 except queue.Empty:
                     return
                 result, attempts, factor = self._render(job)
+                if self.batch.stop.is_set() and result.retryable:
+                    return  # cut short by Ctrl-C: not a result; the rerun renders it
                 self.batch.finish(job, result, attempts, factor, self.index, self.version)
         except BaseException as err:  # reported by the main thread
             self.error = err

@@ -150,6 +150,8 @@ class SonicPiServer:
     jackd_pid: int | None = None
     messages: "queue.Queue[GuiMessage]" = field(default_factory=queue.Queue)
     version: str = "unknown"
+    # shutdown() is called by a worker and, on Ctrl-C, by the main thread at once
+    _shutdown_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __enter__(self):
         self.boot()
@@ -251,7 +253,12 @@ class SonicPiServer:
         return self.launcher is not None and self.launcher.poll() is None
 
     def shutdown(self) -> None:
-        """Ask the server to exit, then end every process of its sessions by pid."""
+        """Ask the server to exit, then end every process of its sessions by pid.
+        Safe to call from several threads and more than once."""
+        with self._shutdown_lock:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
         if self.launcher is None:
             return
         self._register_jackd()

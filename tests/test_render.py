@@ -118,15 +118,16 @@ def programs(tmp_path):
     return tmp_path / "programs"
 
 
-def test_resume_after_a_killed_run_renders_only_what_was_missing(programs, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_resume_after_a_killed_run_renders_only_what_was_missing(programs, tmp_path, sig):
     out = tmp_path / "renders"
     proc = subprocess.Popen([sys.executable, "-m", "sonicpi_gen.cli", "render", "--in", str(programs),
                              "--out", str(out), "--workers", "1", "--acceleration", str(FACTOR)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = out / "status.jsonl"
     assert wait_until(lambda: journal.exists() and journal.read_text().count("\n") >= 1, 120)
-    proc.send_signal(signal.SIGKILL)  # no cleanup code of the renderer runs
-    proc.wait()
+    proc.send_signal(sig)  # SIGKILL: no cleanup code of the renderer runs; the watchdog ends the servers
+    proc.wait(timeout=60)
     assert wait_until(lambda: not stack_processes(out), 15), stack_processes(out)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
     done = {i for i, row in read_status(out).items() if row["status"] == "ok"}
