@@ -32,7 +32,8 @@ end
 def options_of(info)
   fresh = info.class.new
   fresh.arg_defaults.each_with_object({}) do |(name, default), opts|
-    next if name.to_s.include?("_slide")
+    # *_slide_shape and *_slide_curve shape a slide; *_slide (its time) is kept.
+    next if name.to_s =~ /_slide_(shape|curve)\z/
     meta = fresh.info[name] || {}
     checks = (meta[:validations] || []).map { |v| v[2] }.compact
     default = default.is_a?(Numeric) || default.nil? || default == true || default == false ? default : default.to_s
