@@ -142,13 +142,15 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     if result is None:
         # Sound reaches the recording sched_ahead after the thread printed the end cue.
         time.sleep(server.sched_ahead_s / speed + 0.05)
-    server.send("/stop-all-jobs")
-    server.send("/stop-recording")
     if result is not None:
+        server.send("/stop-all-jobs")
         _discard_recording(server, wav)
         result.render_s = time.monotonic() - started
         return result
+    # Save first: the server handles OSC messages in turn and stopping all jobs takes a
+    # while; the recording is complete once the end cue plus the headroom have passed.
     recording = _save_recording(server, wav)
+    server.send("/stop-all-jobs")
     faults = {k: n - faults_before[k] for k, n in server.scheduling_faults().items()}
     if faults["xrun"]:
         return ClipResult("xrun", f"{faults['xrun']} JACK xruns at x{speed:g}: scsynth missed "
@@ -191,22 +193,27 @@ def _wait_for_end(server: SonicPiServer, token: str, deadline: float) -> ClipRes
 
 
 def _save_recording(server: SonicPiServer, wav: Path, timeout_s: float = 20.0) -> np.ndarray:
+    """Stop the recording, have the server save it to `wav`, and read it.
+
+    Sonic Pi's /save-recording stops the recorder, waits for its buffer to close, renames
+    the take to `wav` and then logs "Saving recording to <path>": that message, not the
+    file's appearance, says the file is complete.
+    """
     server.send("/save-recording", str(wav))
     deadline = time.monotonic() + timeout_s
-    last_size = -1
     while time.monotonic() < deadline:
-        size = wav.stat().st_size if wav.exists() else -1
-        if size > 44 and size == last_size:
-            try:
-                audio, rate = sf.read(wav, dtype="int16", always_2d=True)
-                wav.unlink()
-                if rate != SAMPLE_RATE:
-                    raise ServerError(f"recording at {rate} Hz, expected {SAMPLE_RATE}")
-                return audio
-            except sf.LibsndfileError:
-                pass
-        last_size = size
-        time.sleep(0.05)
+        try:
+            msg = server.messages.get(timeout=0.2)
+        except queue.Empty:
+            if not server.alive():
+                raise ServerError("the Sonic Pi server died while saving the recording")
+            continue
+        if msg.address == "/log/info" and any(f"Saving recording to {wav}" in str(a) for a in msg.args):
+            audio, rate = sf.read(wav, dtype="int16", always_2d=True)
+            wav.unlink()
+            if rate != SAMPLE_RATE:
+                raise ServerError(f"recording at {rate} Hz, expected {SAMPLE_RATE}")
+            return audio
     raise ServerError(f"the server did not save the recording to {wav} within {timeout_s:.0f} s")
 
 
