@@ -1,0 +1,79 @@
+"""One place that scores a pair of embedding matrices with every metric in align.metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from align import metrics
+
+DEFAULT_K = 10  # neighbours for k-NN agreement
+CCA_PCA_DIMS = 32  # SVCCA reduction before CCA (see metrics.canonical_correlations)
+
+
+def metric_functions(k: int = DEFAULT_K, pca_dims: int | None = CCA_PCA_DIMS) -> dict:
+    """Name -> function(X, Y[, sample_ids]) -> float, in report order."""
+
+    def cca(X, Y):
+        dims = None if pca_dims is None else min(pca_dims, X.shape[1], Y.shape[1], X.shape[0] - 1)
+        return metrics.cca_mean_corr(X, Y, pca_dims=dims)
+
+    def knn_j(X, Y, sample_ids=None):
+        return metrics.knn_jaccard(X, Y, min(k, X.shape[0] - 1), sample_ids)
+
+    def knn_o(X, Y, sample_ids=None):
+        return metrics.knn_overlap(X, Y, min(k, X.shape[0] - 1), sample_ids)
+
+    return {
+        "cka": metrics.linear_cka,
+        "cka_debiased": metrics.linear_cka_debiased,
+        "cca": cca,
+        f"knn{k}_jaccard": knn_j,
+        f"knn{k}_overlap": knn_o,
+        "dist_pearson": metrics.distance_pearson,
+        "dist_spearman": metrics.distance_spearman,
+    }
+
+
+def evaluate_pairs(
+    code: np.ndarray,
+    audio: np.ndarray,
+    k: int = DEFAULT_K,
+    n_boot: int = 0,
+    seed: int = 0,
+    max_rows: int | None = None,
+) -> dict:
+    """Every metric between paired code and audio rows.
+
+    Args:
+        code, audio: (n, p) and (n, q) paired embeddings.
+        k: neighbours for the k-NN agreement.
+        n_boot: bootstrap resamples for confidence intervals (0: point values only).
+        seed: seed of the bootstrap and of the row subsample.
+        max_rows: score a seeded random subset of at most this many rows (the metrics
+            build n x n matrices; None keeps all).
+    Returns:
+        {name: value} when n_boot == 0, else {name: {"value", "low", "high", "std"}}.
+    """
+    code = np.asarray(code, dtype=np.float64)
+    audio = np.asarray(audio, dtype=np.float64)
+    if max_rows is not None and len(code) > max_rows:
+        idx = np.sort(np.random.default_rng(seed).choice(len(code), max_rows, replace=False))
+        code, audio = code[idx], audio[idx]
+    fns = metric_functions(k)
+    if n_boot:
+        return {
+            name: metrics.bootstrap_ci(fn, code, audio, n_boot=n_boot, seed=seed)
+            for name, fn in fns.items()
+        }
+    # point values: share the neighbour and distance computations between metrics
+    knn = metrics.knn_agreement(code, audio, min(k, len(code) - 1))
+    dist = metrics.distance_correlations(code, audio)
+    return {
+        "cka": metrics.linear_cka(code, audio),
+        "cka_debiased": metrics.linear_cka_debiased(code, audio),
+        "cca": fns["cca"](code, audio),
+        f"knn{k}_jaccard": knn["jaccard"],
+        f"knn{k}_overlap": knn["overlap"],
+        "dist_pearson": dist["pearson"],
+        "dist_spearman": dist["spearman"],
+    }
