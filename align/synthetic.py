@@ -61,11 +61,18 @@ class SyntheticWorld:
         return code.astype(np.float32), audio.astype(np.float32)
 
 
-def make_pairs(n: int, code_dim: int = 64, audio_dim: int = 64, n_templates: int = 27, seed: int = 0):
+def make_pairs(
+    n: int,
+    code_dim: int = 64,
+    audio_dim: int = 64,
+    n_templates: int = 27,
+    seed: int = 0,
+    latent_noise: float = LATENT_NOISE,
+):
     """``n`` paired rows: (code (n, code_dim), audio (n, audio_dim), template index (n,))."""
     world = SyntheticWorld(code_dim, audio_dim, n_templates, seed)
     templates = np.arange(n) % n_templates
-    code, audio = world.views(world.latent(templates))
+    code, audio = world.views(world.latent(templates), latent_noise=latent_noise)
     return code, audio, templates
 
 

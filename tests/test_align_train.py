@@ -14,8 +14,8 @@ from align.synthetic import make_pairs  # noqa: E402
 from align.train import TrainConfig, build_aligner, embed_pairs, fit_seeds, lr_at  # noqa: E402
 
 
-def _splits(n=600, dim=24, seed=0):
-    code, audio, _ = make_pairs(n, dim, dim, seed=seed)
+def _splits(n=600, dim=24, seed=0, latent_noise=0.4):
+    code, audio, _ = make_pairs(n, dim, dim, seed=seed, latent_noise=latent_noise)
     a, b = int(0.8 * n), int(0.9 * n)
     return PairedSplits((code[:a], audio[:a]), (code[a:b], audio[a:b]), (code[b:], audio[b:]))
 
@@ -133,10 +133,12 @@ def test_early_stopping_keeps_best_epoch_and_drops_stopped_seeds():
 
 
 def test_training_raises_agreement_well_above_raw():
-    """Hidden relation: both modalities are non-linear views of one latent, under
-    modality-specific nuisance. Aligning must beat the raw spaces by a wide margin."""
+    """Hidden relation: both modalities are different non-linear views of one latent,
+    under modality-specific nuisance that dominates the raw spaces. Aligning must beat
+    the raw spaces by a wide margin (seeded; values seen: CKA 0.05 -> 0.58, 10-NN
+    Jaccard 0.014 -> 0.20)."""
     torch.manual_seed(0)
-    data = _splits(2400, 48, seed=1)
+    data = _splits(5000, 48, seed=1, latent_noise=0.0)
     cfg = TrainConfig(hidden=128, out=32, layers=3, batch_size=128, max_epochs=30, patience=4, seed=0)
     (res,) = fit_seeds(cfg, data, [0])
     model = build_aligner(cfg, 48, 48, res.state_dict)
