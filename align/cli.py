@@ -1,0 +1,137 @@
+"""The `align` command: thin wrappers over train_aligner, run_sweep, build_report and
+rank_programs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from align import __version__
+
+logger = logging.getLogger("align")
+
+IN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+IN_PATH = click.Path(exists=True, path_type=Path)
+OUT_DIR = click.Path(file_okay=False, path_type=Path)
+LOSSES = ("symmetric", "code_to_audio", "audio_to_code")
+
+
+def _run(fn, *args, **kwargs):
+    """Call a library function; input errors become a clean exit with their message."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # bare strings: --set loss=symmetric
+
+
+@click.group()
+@click.version_option(__version__)
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Align code and audio embeddings: train, sweep, report, rank."""
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--embeddings", type=IN_PATH, required=True, help="embeddings/<code>__<audio>/ folder.")
+@click.option("--out", type=OUT_DIR, required=True, help="Run folder to write (runs/<name>).")
+@click.option("--hidden", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--out-dim", type=click.IntRange(1), default=128, show_default=True, help="Aligned space size.")
+@click.option("--layers", type=click.IntRange(1), default=5, show_default=True, help="Linear layers per MLP.")
+@click.option("--tau", type=click.FloatRange(0.01), default=0.1, show_default=True, help="InfoNCE temperature.")
+@click.option("--learn-tau/--fixed-tau", default=False, show_default=True)
+@click.option("--loss", type=click.Choice(LOSSES), default="symmetric", show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-3, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=64, show_default=True)
+@click.option("--max-epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True, help="Warm-up fraction.")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--patience", type=click.IntRange(1), default=10, show_default=True, help="Early-stopping epochs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--config", "data_config", default="default", show_default=True, help="Dataset configuration to train on.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads.")
+@click.option("--overwrite", is_flag=True, help="Replace a run folder that holds other settings.")
+def train(embeddings, out, out_dim, data_config, device, threads, overwrite, **settings) -> None:
+    """Train one aligner and save config.json, checkpoint.pt, metrics.jsonl."""
+    from align.train import TrainConfig, train_aligner
+
+    cfg = _run(TrainConfig(out=out_dim, config=data_config, **settings).validate)
+    summary = _run(train_aligner, embeddings, out, cfg, device=device, threads=threads, overwrite=overwrite)
+    raw, ali = summary["test_raw"], summary["test_aligned"]
+    click.echo(f"{out}: best epoch {summary['best_epoch']}, test CKA {raw['cka']:.3f} -> {ali['cka']:.3f}, "
+               f"CCA {raw['cca']:.3f} -> {ali['cca']:.3f}")
+
+
+@main.command()
+@click.option("--embeddings", type=IN_PATH, required=True, help="embeddings/<code>__<audio>/ folder.")
+@click.option("--out", type=OUT_DIR, required=True, help="Sweep folder to write.")
+@click.option("--grid", default=None, help="JSON object axis -> values, or a .json file; default: the 24-configuration grid.")
+@click.option("--seeds", type=click.IntRange(1), default=5, show_default=True, help="Seeds per configuration.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Setting for every configuration (repeatable).")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Processes (0: this one).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch threads per process.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+def sweep(embeddings, out, grid, seeds, overrides, workers, threads, device) -> None:
+    """Run the hyper-parameter grid x seeds; write results.jsonl and results.md."""
+    from align.sweep import run_sweep
+
+    if grid and Path(grid).is_file():
+        grid = Path(grid).read_text()
+    try:
+        grid_obj = json.loads(grid) if grid else None
+        base = {k: _parse_value(v) for k, v in (o.split("=", 1) for o in overrides)}
+    except (json.JSONDecodeError, ValueError) as err:
+        raise click.ClickException(f"--grid must be a JSON object and --set KEY=VALUE ({err})") from err
+    results = _run(run_sweep, embeddings, out, grid_obj, seeds, base, device=device, workers=workers, threads=threads)
+    best = next(r for r in results if r["val_cka"]["mean"] == max(x["val_cka"]["mean"] for x in results))
+    click.echo(f"{len(results)} configurations -> {out / 'results.md'}; best (val CKA): {best['key']}, "
+               f"test CKA {best['test_cka']['mean']:.3f} ± {best['test_cka']['std']:.3f}")
+
+
+@main.command()
+@click.option("--embeddings", type=IN_PATH, required=True, help="embeddings/<code>__<audio>/ folder.")
+@click.option("--out", type=OUT_DIR, required=True, help="Report folder (report.md, figures/).")
+@click.option("--checkpoint", type=IN_PATH, default=None, help="Run folder or checkpoint.pt.")
+@click.option("--sweep", "sweep_dir", type=IN_DIR, default=None, help="Sweep folder (table; best/ checkpoint).")
+@click.option("--config", "data_config", default="default", show_default=True, help="Dataset configuration scored.")
+@click.option("--n-boot", type=click.IntRange(0), default=200, show_default=True, help="Bootstrap resamples.")
+@click.option("--projection", type=click.Choice(["pca", "umap"]), default="pca", show_default=True)
+@click.option("--max-points", type=click.IntRange(10), default=2000, show_default=True, help="Test rows scored at most.")
+def report(embeddings, out, checkpoint, sweep_dir, data_config, n_boot, projection, max_points) -> None:
+    """Write the study's analyses as report.md with figures."""
+    from align.report import build_report
+
+    path = _run(build_report, embeddings, out, checkpoint=checkpoint, sweep=sweep_dir, config=data_config,
+                n_boot=n_boot, projection=projection, max_points=max_points)
+    click.echo(str(path))
+
+
+@main.command()
+@click.option("--checkpoint", type=IN_PATH, required=True, help="Run folder or checkpoint.pt.")
+@click.argument("programs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--query", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Order by aligned similarity to this program instead.")
+@click.option("--encoder", "encoder_id", default=None, help="Code encoder id/path (default: the checkpoint's).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def rank(checkpoint, programs, query, encoder_id, device, as_json) -> None:
+    """Order programs by predicted audio distinctness (or similarity to --query)."""
+    from align.rank import rank_programs
+
+    ranked = _run(rank_programs, checkpoint, list(programs), query=query, encoder_id=encoder_id, device=device)
+    for r in ranked:
+        score = "-" if r["score"] is None else f"{r['score']:.4f}"
+        click.echo(json.dumps(r) if as_json else f"{r['rank']:3d}  {score:>8}  {r['path']}")

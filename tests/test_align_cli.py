@@ -1,0 +1,185 @@
+"""Every `align` command, really run through click on tiny synthetic embeddings."""
+
+import json
+import sys
+import types
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from align.cli import main  # noqa: E402
+from align.synthetic import write_synthetic_embeddings  # noqa: E402
+
+DIM = 16
+SMALL = ["--hidden", "16", "--out-dim", "8", "--layers", "2", "--max-epochs", "3", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def emb(tmp_path_factory):
+    return write_synthetic_embeddings(tmp_path_factory.mktemp("emb") / "synthetic__synthetic", n_templates=6, per_template=40, dim=DIM)
+
+
+@pytest.fixture(scope="module")
+def run_dir(emb, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "small"
+    res = CliRunner().invoke(main, ["train", "--embeddings", str(emb), "--out", str(out), *SMALL])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def invoke(*args):
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return res
+
+
+def test_train_writes_config_checkpoint_and_metrics(run_dir):
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["settings"]["hidden"] == 16 and config["settings"]["out"] == 8
+    assert config["code_model"] == "synthetic/code"
+    assert config["split_sizes"] == {"train": 192, "validation": 24, "test": 24}
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert {"train_loss", "val_loss", "lr", "tau", "pairs_per_s"} <= set(lines[0])
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["layers"] == 2 and ckpt["code_dim"] == DIM
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"cka", "cka_debiased", "cca", "knn10_jaccard"} <= set(summary["test_aligned"])
+    assert not list(run_dir.parent.glob(".*tmp*"))  # temporary folder renamed away
+
+
+def test_train_is_not_redone_and_refuses_other_settings(emb, run_dir):
+    before = (run_dir / "checkpoint.pt").stat().st_mtime_ns
+    invoke("train", "--embeddings", emb, "--out", run_dir, *SMALL)
+    assert (run_dir / "checkpoint.pt").stat().st_mtime_ns == before
+    res = CliRunner().invoke(main, ["train", "--embeddings", str(emb), "--out", str(run_dir), *SMALL, "--tau", "0.2"])
+    assert res.exit_code != 0 and "--overwrite" in res.output
+
+
+def test_train_bad_input_is_a_clean_error(tmp_path):
+    res = CliRunner().invoke(main, ["train", "--embeddings", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "no embeddings.parquet" in res.output
+
+
+def test_sweep_with_tiny_grid(emb, tmp_path):
+    out = tmp_path / "sweep"
+    res = invoke("sweep", "--embeddings", emb, "--out", out, "--grid", '{"layers": [1, 2], "tau": [0.1, 0.2]}',
+                 "--seeds", "2", "--set", "hidden=16", "--set", "out=8", "--set", "max_epochs=2", "--set", "batch_size=32")
+    assert "4 configurations" in res.output
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and sum(r["best"] for r in rows) == 1
+    assert all(r["n_seeds"] == 2 and {"mean", "std"} <= set(r["test_cka"]) for r in rows)
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 8
+    md = (out / "results.md").read_text()
+    assert "± " in md and "(best)" in md and "| raw |" in md
+    assert (out / "best" / "checkpoint.pt").exists()
+    # a rerun finds everything done and trains nothing
+    invoke("sweep", "--embeddings", emb, "--out", out, "--grid", '{"layers": [1, 2], "tau": [0.1, 0.2]}',
+           "--seeds", "2", "--set", "hidden=16", "--set", "out=8", "--set", "max_epochs=2", "--set", "batch_size=32")
+    assert json.loads((out / "sweep.json").read_text())["runs_trained"] == 0
+
+
+def test_sweep_rejects_unknown_setting(emb, tmp_path):
+    res = CliRunner().invoke(main, ["sweep", "--embeddings", str(emb), "--out", str(tmp_path), "--grid", '{"hiden": [1]}'])
+    assert res.exit_code == 1 and "unknown training setting" in res.output
+
+
+def test_report_with_checkpoint(emb, run_dir, tmp_path):
+    out = tmp_path / "report"
+    invoke("report", "--embeddings", emb, "--checkpoint", run_dir, "--out", out, "--n-boot", "5")
+    text = (out / "report.md").read_text()
+    for heading in ("Raw-space correlation", "Perturbation families", "held-out test split",
+                    "Code-completion scenarios", "Hyper-parameter sweep", "Pictures"):
+        assert heading in text
+    assert "0.0159" in text and "0.590" in text  # the study's numbers beside ours
+    assert "| melody | raw |" in text and "| bass | aligned |" in text
+    assert (out / "figures" / "embeddings_2d.png").stat().st_size > 1000
+    assert (out / "figures" / "aligned_joint.png").exists()
+    numbers = json.loads((out / "report.json").read_text())
+    assert numbers["raw_correlation"]["n_programs"] == 6
+
+
+def test_report_without_families_or_scenarios_says_so(emb, tmp_path):
+    table = pq.read_table(emb / "embeddings.parquet")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    mask = np.array([f is None and s is None for f, s in zip(table["family"].to_pylist(), table["scenario"].to_pylist())])
+    pq.write_table(table.filter(mask), plain / "embeddings.parquet")
+    out = tmp_path / "report"
+    invoke("report", "--embeddings", plain, "--out", out, "--n-boot", "0")
+    text = (out / "report.md").read_text()
+    assert "No perturbation families in these embeddings" in text
+    assert "No code-completion scenarios in these embeddings" in text
+    assert "no checkpoint" in text and "No sweep folder given" in text
+
+
+class FakeEncoder:
+    """Stands in for embed.encoders' code encoder: a fixed random map of character counts."""
+
+    def __init__(self, dim):
+        self.proj = np.random.default_rng(0).normal(size=(128, dim))
+        self.calls = []
+
+    def encode(self, codes):
+        self.calls.append(list(codes))
+        counts = np.array([np.bincount(np.frombuffer(c.encode(), np.uint8) % 128, minlength=128) for c in codes], float)
+        return (counts @ self.proj).astype(np.float32)
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch):
+    enc = FakeEncoder(DIM)
+    seen = {}
+
+    def load_code_encoder(model_id, device="cpu"):
+        seen["model_id"], seen["device"] = model_id, device
+        return enc
+
+    module = types.ModuleType("embed.encoders")
+    module.load_code_encoder = load_code_encoder
+    monkeypatch.setitem(sys.modules, "embed.encoders", module)
+    return enc, seen
+
+
+@pytest.fixture
+def programs(tmp_path):
+    texts = ["play 60\nsleep 1\n", "play 72\nsleep 0.5\n", "sample :bd_haus\n", "use_synth :saw\nplay 40\n", "play 61\nsleep 1\n"]
+    paths = []
+    for i, t in enumerate(texts):
+        p = tmp_path / f"p{i}.rb"
+        p.write_text(t)
+        paths.append(p)
+    return paths
+
+
+def test_rank_by_distinctness(run_dir, programs, fake_encoder):
+    enc, seen = fake_encoder
+    res = invoke("rank", "--checkpoint", run_dir, *programs, "--json")
+    ranked = [json.loads(x) for x in res.output.splitlines()]
+    assert seen["model_id"] == "synthetic/code"  # the encoder recorded with the checkpoint
+    assert sorted(r["path"] for r in ranked) == sorted(str(p) for p in programs)
+    assert ranked[0]["score"] is None
+    scores = [r["score"] for r in ranked[1:]]
+    assert scores == sorted(scores, reverse=True)  # max-min distances only shrink
+    assert len(enc.calls) == 1 and len(enc.calls[0]) == 5
+
+
+def test_rank_by_query(run_dir, programs, fake_encoder):
+    res = invoke("rank", "--checkpoint", run_dir, *programs[1:], "--query", programs[0])
+    lines = res.output.splitlines()
+    assert len(lines) == 4
+    sims = [float(line.split()[1]) for line in lines]
+    assert sims == sorted(sims, reverse=True)
+
+
+def test_rank_wrong_encoder_dimension_is_named(run_dir, programs, monkeypatch):
+    module = types.ModuleType("embed.encoders")
+    module.load_code_encoder = lambda model_id, device="cpu": FakeEncoder(DIM + 1)
+    monkeypatch.setitem(sys.modules, "embed.encoders", module)
+    res = CliRunner().invoke(main, ["rank", "--checkpoint", str(run_dir), *map(str, programs)])
+    assert res.exit_code == 1 and f"checkpoint expects {DIM}-d" in res.output
