@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
 DEFAULT_WORKERS = min(8, 2 * (os.cpu_count() or 1))
 DEFAULT_MAX_ATTEMPTS = 3
+BOOT_ATTEMPTS = 5
 SLOWER_FACTORS = (32, 24, 16, 12, 8, 4, 2, 1)  # fall back along these on timing errors
 
 STATUS_SCHEMA = pa.schema([
@@ -186,15 +187,30 @@ class _Worker(threading.Thread):
         self.version = "unknown"  # Sonic Pi version of the last server booted
 
     def _start_server(self, acceleration: float) -> SonicPiServer:
+        """Boot this worker's server, retrying failed boots.
+
+        Sonic Pi waits for scsynth a fixed time in its own clock, which acceleration
+        shortens: on a busy machine a boot can fail and the next one succeed. Boot
+        failures are the renderer's and are not charged to the program being rendered.
+        """
         self.stop_server()
-        with self.batch.boot_lock:  # simultaneous boots fail (scsynth/JACK races)
-            if self.batch.stop.is_set():
-                raise ServerError("stopping")
-            server = SonicPiServer(self.batch.work_dir / f"worker-{self.index}", acceleration,
-                                   self.batch.headroom_s, on_spawn=self.batch.watchdog.register)
-            server.boot()
-        self.server, self.version = server, server.version
-        return server
+        for attempt in range(1, BOOT_ATTEMPTS + 1):
+            with self.batch.boot_lock:  # simultaneous boots fail (scsynth/JACK races)
+                if self.batch.stop.is_set():
+                    raise ServerError("stopping")
+                server = SonicPiServer(self.batch.work_dir / f"worker-{self.index}", acceleration,
+                                       self.batch.headroom_s, on_spawn=self.batch.watchdog.register)
+                try:
+                    server.boot()
+                except ServerError as err:
+                    if attempt == BOOT_ATTEMPTS:
+                        raise
+                    logger.warning("worker %d: boot %d at x%g failed (%s); retrying",
+                                   self.index, attempt, acceleration, str(err).splitlines()[0])
+                    continue
+            self.server, self.version = server, server.version
+            return server
+        raise AssertionError("unreachable")
 
     def stop_server(self) -> None:
         if self.server is not None:

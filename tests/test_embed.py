@@ -20,6 +20,7 @@ from embed import (EmbedSettingsError, ModelUnavailableError, embed_dataset,  # 
 from embed.cli import embed_command  # noqa: E402
 from embed.dataset import read_dataset_index  # noqa: E402
 from embed.pipeline import output_dir  # noqa: E402
+from tests.tiny_models import TINY_ROBERTA_WINDOW, build_tiny_roberta, build_tiny_wav2vec2  # noqa: E402
 
 PROGRAMS = {
     "a1": "use_bpm 120\nlive_loop :drums do\n  sample :bd_haus\n  sleep 0.5\nend\n",
@@ -27,46 +28,17 @@ PROGRAMS = {
     "c3": "with_fx :reverb do\n  play_pattern_timed [60, 64, 67], [0.25]\nend\n" * 3,
     "d4": "play 72",
 }
-WINDOW = 64  # tiny RoBERTa: 66 positions - padding offset 2
+WINDOW = TINY_ROBERTA_WINDOW
 
 
 @pytest.fixture(scope="module")
 def code_model(tmp_path_factory):
-    """2-layer RoBERTa with a byte-level tokenizer (256 bytes + 5 specials, no merges)."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
-
-    folder = tmp_path_factory.mktemp("models") / "tiny-roberta"
-    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])}
-    for ch in sorted(ByteLevel.alphabet()):
-        vocab[ch] = len(vocab)
-    RobertaTokenizer(vocab=vocab, merges=[]).save_pretrained(folder)
-    config = RobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=64,
-                           max_position_embeddings=WINDOW + 2, pad_token_id=1, bos_token_id=0,
-                           eos_token_id=2)
-    torch.manual_seed(0)
-    RobertaModel(config).save_pretrained(folder)
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32}))
-    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny\n")
-    return folder
+    return build_tiny_roberta(tmp_path_factory.mktemp("models") / "tiny-roberta")
 
 
 @pytest.fixture(scope="module")
 def audio_model(tmp_path_factory):
-    """2-layer Wav2Vec2 with its feature extractor (16 kHz, normalised input)."""
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    folder = tmp_path_factory.mktemp("models") / "tiny-wav2vec2"
-    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4),
-                            conv_kernel=(10, 4), num_conv_pos_embeddings=8,
-                            num_conv_pos_embedding_groups=2, vocab_size=10)
-    torch.manual_seed(0)
-    Wav2Vec2Model(config).save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                             do_normalize=True, return_attention_mask=False).save_pretrained(folder)
-    return folder
+    return build_tiny_wav2vec2(tmp_path_factory.mktemp("models") / "tiny-wav2vec2")
 
 
 @pytest.fixture(scope="module")
