@@ -58,7 +58,7 @@ def rank_programs(
         to the nearest program ranked before it (None for the first). Query order:
         score = cosine similarity to the query.
     """
-    from align.train import embed_pairs, load_checkpoint
+    from align.train import embed_code, load_checkpoint
 
     if not programs:
         raise ValueError("no programs given; pass one or more .rb files")
@@ -84,7 +84,7 @@ def rank_programs(
             f"encoder gives {raw.shape[1]}-d embeddings, the checkpoint expects {ckpt['code_dim']}-d: "
             "use the code encoder the aligner was trained with"
         )
-    z = embed_pairs(model, raw)
+    z = embed_code(model, raw)
     if query:
         sims = z[:-1] @ z[-1]
         order = np.argsort(-sims, kind="stable")

@@ -207,10 +207,10 @@ def build_report(
             )
     code_map = audio_map = None
     if model is not None:
-        from align.train import embed_pairs
+        from align.train import embed_audio, embed_code
 
-        code_map = lambda x: embed_pairs(model, x)  # noqa: E731
-        audio_map = lambda x: embed_pairs(model, x, x)[1]  # noqa: E731
+        code_map = lambda x: embed_code(model, x)  # noqa: E731
+        audio_map = lambda x: embed_audio(model, x)  # noqa: E731
 
     numbers: dict = {"embeddings": table.source.get("path"), "checkpoint": str(ckpt_path) if ckpt_path else None}
     raw_corr = analysis.base_program_correlation(table, config)

@@ -333,16 +333,26 @@ def build_aligner(cfg: TrainConfig, code_dim: int, audio_dim: int, state_dict: d
 
 
 @torch.no_grad()
-def embed_pairs(model: Aligner, code: np.ndarray, audio: np.ndarray | None = None, batch: int = 4096):
-    """Map raw embeddings through the aligner (eval mode); returns numpy float32 arrays."""
+def _map_rows(fn, x: np.ndarray, out_dim: int, batch: int) -> np.ndarray:
+    parts = [fn(torch.as_tensor(x[i : i + batch], dtype=torch.float32)) for i in range(0, len(x), batch)]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, out_dim), np.float32)
+
+
+def embed_code(model: Aligner, code: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Raw code embeddings -> aligned space (eval mode, L2-normalised), numpy float32."""
     model.eval()
+    return _map_rows(model.embed_code, code, model.code_mlp[-1].out_features, batch)
 
-    def run(fn, x):
-        out = [fn(torch.as_tensor(x[i : i + batch], dtype=torch.float32)) for i in range(0, len(x), batch)]
-        return torch.cat(out).numpy() if out else np.zeros((0, model.code_mlp[-1].out_features), np.float32)
 
-    zc = run(model.embed_code, code)
-    return zc if audio is None else (zc, run(model.embed_audio, audio))
+def embed_audio(model: Aligner, audio: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Raw audio embeddings -> aligned space (eval mode, L2-normalised), numpy float32."""
+    model.eval()
+    return _map_rows(model.embed_audio, audio, model.audio_mlp[-1].out_features, batch)
+
+
+def embed_pairs(model: Aligner, code: np.ndarray, audio: np.ndarray, batch: int = 4096):
+    """Both sides into the aligned space: (code (n, out), audio (n, out))."""
+    return embed_code(model, code, batch), embed_audio(model, audio, batch)
 
 
 def save_checkpoint(path: Path, cfg: TrainConfig, result: SeedResult, code_dim: int, audio_dim: int, source: dict) -> None:
@@ -420,6 +430,7 @@ def train_aligner(
         "embeddings": table.source["path"],
         "code_model": table.code_model,
         "audio_model": table.audio_model,
+        "embeddings_provenance": table.source.get("provenance") or {},
         "device": str(resolve_device(device)),
         "tool": "align",
         "version": __version__,

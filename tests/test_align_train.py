@@ -150,3 +150,14 @@ def test_training_raises_agreement_well_above_raw():
     assert aligned["cka_debiased"] > raw["cka_debiased"] + 0.3
     assert aligned["knn10_jaccard"] > 2 * raw["knn10_jaccard"] + 0.05
     assert aligned["dist_spearman"] > raw["dist_spearman"] + 0.3
+
+
+def test_code_and_audio_may_differ_in_dimension():
+    rng = np.random.default_rng(3)
+    code, audio = rng.normal(size=(200, 12)).astype(np.float32), rng.normal(size=(200, 20)).astype(np.float32)
+    data = PairedSplits((code[:160], audio[:160]), (code[160:180], audio[160:180]), (code[180:], audio[180:]))
+    cfg = TrainConfig(hidden=16, out=8, layers=2, batch_size=32, max_epochs=1)
+    (res,) = fit_seeds(cfg, data, [0])
+    zc, za = embed_pairs(build_aligner(cfg, 12, 20, res.state_dict), *data.test)
+    assert zc.shape == za.shape == (20, 8)
+    assert np.allclose(np.linalg.norm(zc, axis=1), 1.0, atol=1e-5)
