@@ -107,7 +107,7 @@ def sweep(embeddings, out, grid, seeds, overrides, workers, threads, device) -> 
 @click.option("--checkpoint", type=IN_PATH, default=None, help="Run folder or checkpoint.pt.")
 @click.option("--sweep", "sweep_dir", type=IN_DIR, default=None, help="Sweep folder (table; best/ checkpoint).")
 @click.option("--config", "data_config", default="default", show_default=True, help="Dataset configuration scored.")
-@click.option("--n-boot", type=click.IntRange(0), default=200, show_default=True, help="Bootstrap resamples.")
+@click.option("--n-boot", type=click.IntRange(0), default=100, show_default=True, help="Bootstrap resamples.")
 @click.option("--projection", type=click.Choice(["pca", "umap"]), default="pca", show_default=True)
 @click.option("--max-points", type=click.IntRange(10), default=2000, show_default=True, help="Test rows scored at most.")
 def report(embeddings, out, checkpoint, sweep_dir, data_config, n_boot, projection, max_points) -> None:

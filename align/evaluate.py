@@ -59,19 +59,21 @@ def evaluate_pairs(
     if max_rows is not None and len(code) > max_rows:
         idx = np.sort(np.random.default_rng(seed).choice(len(code), max_rows, replace=False))
         code, audio = code[idx], audio[idx]
-    fns = metric_functions(k)
     if n_boot:
-        return {
-            name: metrics.bootstrap_ci(fn, code, audio, n_boot=n_boot, seed=seed)
-            for name, fn in fns.items()
-        }
-    # point values: share the neighbour and distance computations between metrics
-    knn = metrics.knn_agreement(code, audio, min(k, len(code) - 1))
-    dist = metrics.distance_correlations(code, audio)
+        return metrics.bootstrap_cis(lambda c, a, sample_ids=None: all_metrics(c, a, k, sample_ids), code, audio, n_boot=n_boot, seed=seed)
+    return all_metrics(code, audio, k)
+
+
+def all_metrics(code: np.ndarray, audio: np.ndarray, k: int = DEFAULT_K, sample_ids: np.ndarray | None = None) -> dict:
+    """Every metric at once, sharing the neighbour and distance computations."""
+    code, audio = np.asarray(code, np.float64), np.asarray(audio, np.float64)
+    dc, da = metrics.cosine_distances(code), metrics.cosine_distances(audio)
+    knn = metrics.knn_agreement_from_distances(dc, da, min(k, len(code) - 1), sample_ids)
+    dist = metrics.distance_correlations_from_distances(dc, da, sample_ids)
     return {
         "cka": metrics.linear_cka(code, audio),
-        "cka_debiased": metrics.linear_cka_debiased(code, audio),
-        "cca": fns["cca"](code, audio),
+        "cka_debiased": metrics.linear_cka_debiased(code, audio, sample_ids),
+        "cca": metric_functions(k)["cca"](code, audio),
         f"knn{k}_jaccard": knn["jaccard"],
         f"knn{k}_overlap": knn["overlap"],
         "dist_pearson": dist["pearson"],

@@ -170,7 +170,7 @@ def build_report(
     checkpoint: str | Path | None = None,
     sweep: str | Path | None = None,
     config: str = "default",
-    n_boot: int = 200,
+    n_boot: int = 100,
     projection: str = "pca",
     max_points: int = 2000,
     seed: int = 0,
@@ -184,7 +184,7 @@ def build_report(
             sweep folder has best/checkpoint.pt, that one; else raw-only sections.
         sweep: sweep folder for the hyper-parameter table.
         config: dataset configuration whose splits are scored (default "default").
-        n_boot: bootstrap resamples for the test-split intervals (default 200).
+        n_boot: bootstrap resamples for the test-split intervals (default 100).
         projection: "pca" (default) or "umap" (needs umap-learn) for the figures.
         max_points: test rows scored and drawn at most (seeded subsample; the metrics
             build n x n matrices).
