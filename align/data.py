@@ -58,11 +58,11 @@ class EmbeddingTable:
 
     @property
     def code_model(self) -> str | None:
-        return _first_key(self.source, CODE_MODEL_KEYS)
+        return find_model_id(self.source, CODE_MODEL_KEYS)
 
     @property
     def audio_model(self) -> str | None:
-        return _first_key(self.source, AUDIO_MODEL_KEYS)
+        return find_model_id(self.source, AUDIO_MODEL_KEYS)
 
 
 @dataclass
@@ -86,7 +86,9 @@ class PairedSplits:
         return {k: len(getattr(self, k)[0]) for k in ("train", "validation", "test")}
 
 
-def _first_key(source: dict, keys: tuple[str, ...]) -> str | None:
+def find_model_id(source: dict, keys: tuple[str, ...]) -> str | None:
+    """First of ``keys`` found in an embeddings source's parquet metadata, then in its
+    provenance (nested dicts searched depth-first)."""
     for section in ("metadata", "provenance"):
         found = _search(source.get(section) or {}, keys)
         if found:

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from align import metrics
-from align.data import CODE_MODEL_KEYS, _first_key
+from align.data import CODE_MODEL_KEYS, find_model_id
 
 logger = logging.getLogger(__name__)
 
 
 def checkpoint_code_model(ckpt: dict) -> str | None:
     """The code encoder id recorded with the checkpoint's embeddings, if any."""
-    return _first_key(ckpt.get("embeddings") or {}, CODE_MODEL_KEYS)
+    return find_model_id(ckpt.get("embeddings") or {}, CODE_MODEL_KEYS)
 
 
 def _read_programs(paths: list[Path]) -> list[str]:

@@ -241,9 +241,9 @@ def build_report(
             aligned = evaluate_pairs(zc, za, n_boot=n_boot, seed=seed)
         numbers.update(test_raw=raw, test_aligned=aligned, split_sizes=splits.sizes())
         sections.append(section_alignment(raw, aligned, splits.sizes(), n_boot))
-        figures = __import__("align.plots", fromlist=["plot_modalities"]).plot_modalities(
-            out / "figures", tc, ta, labels, zc, za, projection
-        )
+        from align.plots import plot_modalities  # matplotlib only when drawing
+
+        figures = plot_modalities(out / "figures", tc, ta, labels, zc, za, projection)
     sections.append(section_scenarios(scen))
     sections.append(section_sweep(sweep))
     if figures:
