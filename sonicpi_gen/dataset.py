@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sonicpi_gen import __version__
+from sonicpi_gen.atomic import replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, max_shard_mb: float
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
         files = [out_dir / p.relative_to(tmp) for v in splits.values() for p in v["files"]]
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         for writer in writers.values():  # an error mid-build: release the open files
             writer._close_shard()
@@ -562,16 +563,6 @@ def _check_out(out_dir: Path, in_dirs: list[Path]) -> None:
     if out_dir.exists() and any(out_dir.iterdir()) and not _is_dataset_dir(out_dir):
         raise DatasetBuildError(f"{out_dir} exists and is not a dataset folder (no README.md and "
                                 "data/); choose another --out or empty it")
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{new.name.rsplit('-', 1)[-1]}")
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old)
-    else:
-        new.rename(target)
 
 
 # --- reading (no torchcodec) -----------------------------------------------------------------

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sonicpi_gen import __version__
+from sonicpi_gen.atomic import replace_dir
 from sonicpi_gen.grammar import TEMPLATES_DIR, Grammar, GrammarError, list_templates, load_grammar
 from sonicpi_gen.inventory import load_inventory
 
@@ -291,16 +292,10 @@ def write_programs(out_dir: Path, programs: list[Program], settings: dict, check
 
 
 def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        if not (target / "manifest.parquet").exists() and any(target.iterdir()):
-            raise ExpandError(f"{target} exists and is not a programs folder (no manifest.parquet); "
-                              "choose another --out or empty it")
-        old = target.with_name(f".{target.name}.old-{new.name.rsplit('-', 1)[-1]}")
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old)
-    else:
-        new.rename(target)
+    if target.exists() and not (target / "manifest.parquet").exists() and any(target.iterdir()):
+        raise ExpandError(f"{target} exists and is not a programs folder (no manifest.parquet); "
+                          "choose another --out or empty it")
+    replace_dir(new, target)
 
 
 def read_manifest(programs_dir: Path) -> pa.Table:
