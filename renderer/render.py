@@ -35,6 +35,7 @@ AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
 DEFAULT_WORKERS = min(8, 2 * (os.cpu_count() or 1))
 DEFAULT_MAX_ATTEMPTS = 3
 BOOT_ATTEMPTS = 5
+STICKY_SLOW_JOBS = 8  # jobs a worker stays at a slower factor after xruns made it slow down
 SLOWER_FACTORS = (32, 24, 16, 12, 8, 4, 2, 1)  # fall back along these on timing errors
 
 STATUS_SCHEMA = pa.schema([
@@ -185,6 +186,7 @@ class _Worker(threading.Thread):
         self.server: SonicPiServer | None = None
         self.error: BaseException | None = None
         self.version = "unknown"  # Sonic Pi version of the last server booted
+        self.slow_factor, self.slow_jobs_left = 1.0, 0  # see _render
 
     def _start_server(self, acceleration: float) -> SonicPiServer:
         """Boot this worker's server, retrying failed boots.
@@ -234,7 +236,20 @@ class _Worker(threading.Thread):
             self.stop_server()
 
     def _render(self, job: Job) -> tuple[ClipResult, int, float]:
-        factor = self.batch.acceleration
+        """Render one job, retrying what is the renderer's fault. Returns the result, the
+        attempts used and the factor of the last attempt.
+
+        - xrun / late event (the machine could not keep up): once more at the same speed,
+          then slower; the worker stays slower for its next STICKY_SLOW_JOBS jobs, since
+          the cause is the load, not the program.
+        - "too far behind time" (Ruby could not keep up with this program): much slower
+          (a quarter of the speed), down to real time; if it happens in real time too,
+          it is the program's error (runtime_error), not the renderer's.
+        - dead server or time-out: restart the server and retry.
+        """
+        default = self.batch.acceleration
+        factor = self.slow_factor if self.slow_jobs_left > 0 else default
+        self.slow_jobs_left = max(0, self.slow_jobs_left - 1)
         result = ClipResult("server_error", "not rendered")
         hiccups = 0
         for attempt in range(1, self.batch.max_attempts + 1):
@@ -251,16 +266,20 @@ class _Worker(threading.Thread):
                 result = ClipResult("server_error", str(err))
                 self.stop_server()
                 continue
+            if result.status == "timing" and factor == 1:
+                result.status = "runtime_error"  # behind time in real time: the program's
             if not result.retryable:
+                if factor < default and hiccups:
+                    self.slow_factor, self.slow_jobs_left = factor, STICKY_SLOW_JOBS
                 return result, attempt, factor
             hiccups += result.status in ("xrun", "late")
             if result.status in ("xrun", "late") and hiccups == 1:
                 continue  # a passing scheduling hiccup: once more at the same speed
             if result.status in ("timing", "xrun", "late") and factor > 1:
-                # The renderer's fault: the stack could not keep up at this speed.
-                slower = [f for f in SLOWER_FACTORS if f < factor]
-                logger.info("%s: %s at x%g, retrying at x%g", job.id, result.status, factor, slower[0])
-                factor = slower[0]
+                target = factor / 4 if result.status == "timing" else factor / 2
+                slower = max([f for f in SLOWER_FACTORS if f <= max(target, 1)], default=1)
+                logger.info("%s: %s at x%g, retrying at x%g", job.id, result.status, factor, slower)
+                factor = slower
             elif result.status == "timeout":
                 self.stop_server()  # it may be hung
         return result, self.batch.max_attempts, factor
