@@ -14,6 +14,7 @@ erlang, osmid) and jackd's own session (jackd calls setsid). Nothing is killed b
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
@@ -47,6 +48,12 @@ BOOTED_LINE = "Sonic Pi Server successfully booted."
 BOOT_FAILED_LINES = ("Failed to start server", "Unable to connect to SuperCollider",
                      "Port unavailable", "Exception when opening")
 CLIENT_ID = "sonicpi-gen"
+# JACK keeps its servers in a shared registry of 8 slots and frees the slot of a killed
+# jackd only when a server of the same name starts again. So servers take their names
+# from a pool of 8, each held with a lock file for the server's lifetime: a name whose
+# jackd was killed is reused, and its stale slot reclaimed, by the next server.
+JACK_SLOTS = 8
+JACK_NAME_LOCKS = Path(os.environ.get("TMPDIR", "/tmp"))
 # Bash launcher: jackd first (the server only boots scsynth against a running JACK),
 # then exec the Ruby server so its pid is the launcher's pid.
 LAUNCHER = r"""
@@ -59,6 +66,20 @@ exec ruby "%(server_rb)s" -u "$@"
 
 class ServerError(RuntimeError):
     """The server failed to boot, died, or stopped answering."""
+
+
+def _claim_jack_name() -> tuple[str, object]:
+    """A free name from the pool and its held lock (released when the file is closed)."""
+    for slot in range(JACK_SLOTS):
+        lock = open(JACK_NAME_LOCKS / f"sonicpi-gen-jack-{slot}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return f"sonicpi-gen-{slot}", lock
+    raise ServerError(f"all {JACK_SLOTS} JACK server names are in use by running renders "
+                      f"(JACK allows {JACK_SLOTS} servers per machine): use fewer --workers")
 
 
 def sonic_pi_installed() -> bool:
@@ -145,7 +166,6 @@ class SonicPiServer:
     workdir: Path
     acceleration: float = 1.0
     headroom_s: float = 0.3
-    name: str = "spg"
     on_spawn: object = None  # callback(sid) so a watchdog can end the sessions if we die
     ports: list = field(default_factory=list)
     launcher: subprocess.Popen | None = None
@@ -179,9 +199,10 @@ class SonicPiServer:
         block = _free_port_block(8)
         self.ports = [block[0], block[1], block[2], block[2], *block[3:8]]
         self._listen_gui(self.ports[1])
+        self.jack_name, self._jack_lock = _claim_jack_name()
         env = dict(os.environ, HOME=str(self.workdir / "home"), TMPDIR=str(self.workdir / "tmp"),
                    SPG_DIR=str(self.workdir), JACK_NO_AUDIO_RESERVATION="1",
-                   JACK_DEFAULT_SERVER=f"{self.name}-{os.getpid()}-{self.ports[0]}")
+                   JACK_DEFAULT_SERVER=self.jack_name)
         if self.acceleration != 1.0:
             env.update(LD_PRELOAD=str(FAKETIME_LIB), FAKETIME=f"+0 x{self.acceleration:g}",
                        FAKETIME_DONT_RESET="1")
@@ -213,6 +234,12 @@ class SonicPiServer:
                     if line.startswith("This is Sonic Pi v"):
                         self.version = line.split()[4].removeprefix("v")
                 return
+            jack_log = self.workdir / "jackd.log"
+            if jack_log.exists() and "Too many servers already active" in jack_log.read_text(errors="replace"):
+                raise ServerError(
+                    "JACK's registry of 8 servers is full, most likely of entries left by JACK "
+                    "servers that were killed. With no JACK server running on this machine, "
+                    "remove /dev/shm/jack-shm-registry (JACK recreates it).")
             failed = [line for line in BOOT_FAILED_LINES if line in text]
             if failed or self.launcher.poll() is not None:
                 raise ServerError(f"Sonic Pi server did not boot ({failed or 'exited'}); "
@@ -270,11 +297,17 @@ class SonicPiServer:
                 self.launcher.wait(timeout=5)
             except (AttributeError, OSError, subprocess.TimeoutExpired):
                 pass
-        end_sessions({self.launcher.pid, self.jackd_pid or 0})
+        # The stack before JACK: a jackd ended while its clients are still connected is
+        # more likely to miss its clean exit (which frees its registry slot).
+        end_sessions({self.launcher.pid})
         try:
             self.launcher.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        end_sessions({self.jackd_pid or 0}, grace_s=5.0)
+        if getattr(self, "_jack_lock", None):
+            self._jack_lock.close()
+            self._jack_lock = None
         remove_faketime_shm(self.launcher.pid)
         # scsynth's shared memory segment when it was killed before it could remove it
         Path(f"/dev/shm/SuperColliderServer_{self.ports[2]}").unlink(missing_ok=True)

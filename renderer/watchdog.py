@@ -19,13 +19,14 @@ from renderer.server import end_sessions, remove_faketime_shm
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # outlive a Ctrl-C aimed at the renderer
-    sids: set[int] = set()
+    sids: list[int] = []
     for line in sys.stdin:
         line = line.strip()
         if line.isdigit():
-            sids.add(int(line))
-    end_sessions(sids)
+            sids.append(int(line))
+    # In the order they started: a server's Ruby session before its jackd.
     for sid in sids:
+        end_sessions({sid}, grace_s=5.0)
         remove_faketime_shm(sid)
 
 

@@ -181,3 +181,15 @@ def test_every_template_renders_and_sounds_for_all_9_bars(tmp_path):
     assert {t: r["longest_silence_s"] for t, r in rows.items() if r["longest_silence_s"] > 1.0} == {}
     assert {t: r["peak_dbfs"] for t, r in rows.items() if r["peak_dbfs"] < -40} == {}
     assert not stack_processes(tmp_path)
+
+
+def test_jack_slots_of_killed_servers_are_reclaimed(tmp_path):
+    # JACK has 8 registry slots; a SIGKILLed jackd keeps its slot until a server of the
+    # same name starts. Nine kills in a row must not leave the machine unable to boot.
+    for i in range(9):
+        server = SonicPiServer(tmp_path / f"s{i}", acceleration=FACTOR)
+        server.boot()
+        assert server.jack_name.startswith("sonicpi-gen-")
+        os.kill(server.jackd_pid, signal.SIGKILL)
+        server.shutdown()
+    assert not stack_processes(tmp_path)
