@@ -27,7 +27,7 @@ import soundfile as sf
 
 from renderer.clip import (BARS, BPM, CLIP_SECONDS, DEFAULT_MAX_FULL_SCALE, FINAL_STATUSES,
                            ClipResult, render_clip)
-from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
+from renderer.server import JACK_SLOTS, SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
 
@@ -364,6 +364,9 @@ def render_programs(in_dir: Path, out_dir: Path, workers: int = DEFAULT_WORKERS,
     from renderer.fidelity import resolve_acceleration
     from sonicpi_gen import __version__
 
+    if not 1 <= workers <= JACK_SLOTS:
+        raise ValueError(f"--workers {workers}: choose 1 to {JACK_SLOTS} (JACK runs at most "
+                         f"{JACK_SLOTS} servers per machine)")
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio format {audio_format!r} is not supported; choose one of {list(AUDIO_FORMATS)}")
     out_dir = Path(out_dir)

@@ -103,8 +103,9 @@ def scenarios(scenarios, k, seed, out, templates, templates_dir, check):
 @click.option("--in", "in_dir", type=IN_DIR, default=Path("work/programs"), show_default=True,
               help="An expand output folder, or any folder of .rb files.")
 @click.option("--out", type=OUT_DIR, default=Path("work/renders"), show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Sonic Pi servers side by side [default: 2 x cores, at most 8].")
+@click.option("--workers", type=click.IntRange(1, 8), default=None,
+              help="Sonic Pi servers side by side (JACK allows 8 per machine) "
+                   "[default: 2 x cores, at most 8].")
 @click.option("--acceleration", default="auto", show_default=True,
               help="Time factor (1 = real time) or 'auto': the fastest factor that passed "
                    "the fidelity check on this machine.")
