@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 SERVER_RB = Path("/usr/lib/sonic-pi/app/server/ruby/bin/sonic-pi-server.rb")
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+# coreutils' stdbuf preload: scsynth reports late events ("late 0.12") on stdout, which
+# goes to a file block-buffered, so a line could surface clips later and be blamed on
+# the wrong clip. Line-buffered, each line is in the log when it happens.
+STDBUF_LIB = Path("/usr/libexec/coreutils/libstdbuf.so")
 SAMPLE_RATE = 44100
 # JACK period in frames. Latency does not matter offline, while every period is a
 # deadline scsynth must meet: at x8 a 1024-frame period is 2.9 ms of real time, and
@@ -43,7 +47,11 @@ SAMPLE_RATE = 44100
 # x16. Measured: 4 servers at x16 on 2 cores had frequent xruns at 2048, and
 # onsets stayed within 1.4 ms at 4096 (8192 gave late events and 3 ms errors).
 JACK_PERIOD = 4096
-BOOT_TIMEOUT_S = 90.0  # real seconds; a cold boot takes 4-20 s
+BOOT_TIMEOUT_S = 90.0
+MIN_SCHED_AHEAD_S = 1.0
+# scsynth logs every bundle that arrives after its time, by how much (s); lateness below
+# the onset tolerance does not change the clip and is not counted as a fault.
+LATE_TOLERANCE_S = 0.005  # real seconds; a cold boot takes 4-20 s
 BOOTED_LINE = "Sonic Pi Server successfully booted."
 BOOT_FAILED_LINES = ("Failed to start server", "Unable to connect to SuperCollider",
                      "Port unavailable", "Exception when opening")
@@ -203,9 +211,13 @@ class SonicPiServer:
         env = dict(os.environ, HOME=str(self.workdir / "home"), TMPDIR=str(self.workdir / "tmp"),
                    SPG_DIR=str(self.workdir), JACK_NO_AUDIO_RESERVATION="1",
                    JACK_DEFAULT_SERVER=self.jack_name)
+        preload = [str(STDBUF_LIB)] if STDBUF_LIB.exists() else []
+        env.update(_STDBUF_O="L", _STDBUF_E="L")
         if self.acceleration != 1.0:
-            env.update(LD_PRELOAD=str(FAKETIME_LIB), FAKETIME=f"+0 x{self.acceleration:g}",
-                       FAKETIME_DONT_RESET="1")
+            preload.insert(0, str(FAKETIME_LIB))
+            env.update(FAKETIME=f"+0 x{self.acceleration:g}", FAKETIME_DONT_RESET="1")
+        if preload:
+            env["LD_PRELOAD"] = ":".join(preload)
         script = LAUNCHER % {"rate": SAMPLE_RATE, "period": JACK_PERIOD, "server_rb": SERVER_RB}
         log = open(self.workdir / "server.log", "wb")
         self.launcher = subprocess.Popen(
@@ -275,8 +287,10 @@ class SonicPiServer:
 
     @property
     def sched_ahead_s(self) -> float:
-        """Sonic Pi's sched_ahead_time, in the server's own (accelerated) seconds."""
-        return self.headroom_s * self.acceleration
+        """Sonic Pi's sched_ahead_time, in the server's own (accelerated) seconds; never
+        below MIN_SCHED_AHEAD_S (measured in real time on the reference piece: 0.3 s let
+        51 events arrive up to 0.28 s late, 0.5 s one event 19 ms late, 1.0 s none)."""
+        return max(self.headroom_s * self.acceleration, MIN_SCHED_AHEAD_S)
 
     def alive(self) -> bool:
         return self.launcher is not None and self.launcher.poll() is None
@@ -346,11 +360,20 @@ class SonicPiServer:
     def scheduling_faults(self) -> dict:
         """Counts, since boot, of the two ways the stack can fail to keep time:
         JACK xruns (scsynth missed a period's deadline) and late bundles (scsynth got an
-        event after its time and played it late; scsynth logs "late <seconds>")."""
-        def count(path: Path, needle: str) -> int:
+        event more than LATE_TOLERANCE_S after its time and played it late; scsynth logs
+        "late <seconds>")."""
+        def lines(path: Path, prefix: str) -> list[str]:
             try:
-                return sum(line.startswith(needle) for line in path.read_text(errors="replace").splitlines())
+                return [line for line in path.read_text(errors="replace").splitlines()
+                        if line.startswith(prefix)]
             except FileNotFoundError:
-                return 0
-        return {"xrun": count(self.workdir / "jackd.log", "JackEngine::XRun"),
-                "late": count(self.workdir / "home/.sonic-pi/log/scsynth.log", "late ")}
+                return []
+
+        def lateness(line: str) -> float:
+            try:
+                return float(line.split()[1])
+            except (IndexError, ValueError):
+                return float("inf")
+        late = lines(self.workdir / "home/.sonic-pi/log/scsynth.log", "late ")
+        return {"xrun": len(lines(self.workdir / "jackd.log", "JackEngine::XRun")),
+                "late": sum(lateness(line) > LATE_TOLERANCE_S for line in late)}

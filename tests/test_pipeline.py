@@ -32,7 +32,7 @@ def test_small_real_pipeline_end_to_end(tmp_path):
     invoke(sonicpi_gen, "expand", "--n", 10, "--templates", TEMPLATES, "--out", work / "programs")
     invoke(sonicpi_gen, "perturb", "--params", "amp,bpm", "--k", 2, "--templates", "haunted,acid",
            "--out", work / "families")
-    invoke(sonicpi_gen, "scenarios", "--scenarios", "melody", "--k", 3, "--templates", "haunted",
+    invoke(sonicpi_gen, "scenarios", "--scenarios", "melody", "--k", 5, "--templates", "haunted",
            "--out", work / "scenarios")
     for programs in ("programs", "families", "scenarios"):
         invoke(sonicpi_gen, "render", "--in", work / programs, "--out", work / "renders",
