@@ -207,7 +207,11 @@ class SonicPiServer:
         block = _free_port_block(8)
         self.ports = [block[0], block[1], block[2], block[2], *block[3:8]]
         self._listen_gui(self.ports[1])
-        self.jack_name, self._jack_lock = _claim_jack_name()
+        try:
+            self.jack_name, self._jack_lock = _claim_jack_name()
+        except ServerError:
+            self._release()
+            raise
         env = dict(os.environ, HOME=str(self.workdir / "home"), TMPDIR=str(self.workdir / "tmp"),
                    SPG_DIR=str(self.workdir), JACK_NO_AUDIO_RESERVATION="1",
                    JACK_DEFAULT_SERVER=self.jack_name)
@@ -303,6 +307,7 @@ class SonicPiServer:
 
     def _shutdown(self) -> None:
         if self.launcher is None:
+            self._release()  # boot failed before the launcher started
             return
         self._register_jackd()
         if self.alive():
@@ -319,17 +324,21 @@ class SonicPiServer:
         except subprocess.TimeoutExpired:
             pass
         end_sessions({self.jackd_pid or 0}, grace_s=5.0)
-        if getattr(self, "_jack_lock", None):
-            self._jack_lock.close()
-            self._jack_lock = None
         remove_faketime_shm(self.launcher.pid)
         # scsynth's shared memory segment when it was killed before it could remove it
         Path(f"/dev/shm/SuperColliderServer_{self.ports[2]}").unlink(missing_ok=True)
         self.launcher = None
+        self._release()
+
+    def _release(self) -> None:
+        """Close the GUI listener and give back the JACK name."""
         if getattr(self, "_gui", None):
             self._gui.shutdown()
             self._gui.server_close()
             self._gui = None
+        if getattr(self, "_jack_lock", None):
+            self._jack_lock.close()
+            self._jack_lock = None
 
     # -- OSC -----------------------------------------------------------------------
 

@@ -193,3 +193,15 @@ def test_jack_slots_of_killed_servers_are_reclaimed(tmp_path):
         os.kill(server.jackd_pid, signal.SIGKILL)
         server.shutdown()
     assert not stack_processes(tmp_path)
+
+
+def test_boot_that_fails_early_releases_its_port_and_name(tmp_path, monkeypatch):
+    import renderer.server as server_module
+
+    def no_name():
+        raise server_module.ServerError("all 8 JACK server names are in use")
+    monkeypatch.setattr(server_module, "_claim_jack_name", no_name)
+    server = SonicPiServer(tmp_path / "s", acceleration=FACTOR)
+    with pytest.raises(server_module.ServerError, match="names are in use"):
+        server.boot()
+    assert getattr(server, "_gui", None) is None  # boot closed its GUI listener itself
