@@ -167,9 +167,10 @@ class _Watchdog:
                                      cwd=str(Path(__file__).resolve().parent.parent))
         self.lock = threading.Lock()
 
-    def register(self, sid: int) -> None:
+    def register(self, item) -> None:
+        """A session id to end, or a shared memory path to remove, if the renderer dies."""
         with self.lock:
-            self.proc.stdin.write(f"{sid}\n")
+            self.proc.stdin.write(f"{item}\n")
             self.proc.stdin.flush()
 
     def close(self) -> None:

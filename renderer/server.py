@@ -174,7 +174,7 @@ class SonicPiServer:
     workdir: Path
     acceleration: float = 1.0
     headroom_s: float = 0.3
-    on_spawn: object = None  # callback(sid) so a watchdog can end the sessions if we die
+    on_spawn: object = None  # callback(sid or shm path) so a watchdog can clean up if we die
     ports: list = field(default_factory=list)
     launcher: subprocess.Popen | None = None
     jackd_pid: int | None = None
@@ -230,6 +230,7 @@ class SonicPiServer:
         log.close()
         if self.on_spawn:
             self.on_spawn(self.launcher.pid)
+            self.on_spawn(self.scsynth_shm)  # scsynth's segment, left behind if it is killed
         try:
             self._wait_booted()
             self.client = SimpleUDPClient("127.0.0.1", self.ports[0])
@@ -290,6 +291,11 @@ class SonicPiServer:
                     self.on_spawn(self.jackd_pid)  # jackd makes its own session
 
     @property
+    def scsynth_shm(self) -> Path:
+        """scsynth's shared memory segment, named after its port."""
+        return Path(f"/dev/shm/SuperColliderServer_{self.ports[2]}")
+
+    @property
     def sched_ahead_s(self) -> float:
         """Sonic Pi's sched_ahead_time, in the server's own (accelerated) seconds; never
         below MIN_SCHED_AHEAD_S (measured in real time on the reference piece: 0.3 s let
@@ -326,7 +332,7 @@ class SonicPiServer:
         end_sessions({self.jackd_pid or 0}, grace_s=5.0)
         remove_faketime_shm(self.launcher.pid)
         # scsynth's shared memory segment when it was killed before it could remove it
-        Path(f"/dev/shm/SuperColliderServer_{self.ports[2]}").unlink(missing_ok=True)
+        self.scsynth_shm.unlink(missing_ok=True)
         self.launcher = None
         self._release()
 

@@ -130,6 +130,9 @@ def test_resume_after_a_killed_run_renders_only_what_was_missing(programs, tmp_p
     proc.wait(timeout=60)
     assert wait_until(lambda: not stack_processes(out), 15), stack_processes(out)
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    log = (out / ".work" / "worker-0" / "server.log").read_text()
+    port = log.split("Scsynth port: ")[1].split()[0]
+    assert wait_until(lambda: not Path(f"/dev/shm/SuperColliderServer_{port}").exists(), 10)
     done = {i for i, row in read_status(out).items() if row["status"] == "ok"}
     assert 1 <= len(done) < 4
     summary = render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)
