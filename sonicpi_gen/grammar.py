@@ -104,7 +104,8 @@ class Slot:
             return self.domain.draw(rng)
         return {opt: dom.draw(rng) for opt, dom in self.fx_domains[chosen[self.fx_slot]].items()}
 
-    def size(self, chosen_fx: str | None = None) -> int:
+    def size(self) -> int:
+        """Distinct values this slot can take (for fx options: under the richest fx)."""
         if self.type != "fx_options":
             return len(self.domain.values)
         sizes = [_product(len(d.values) for d in doms.values()) for doms in self.fx_domains.values()]

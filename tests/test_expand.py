@@ -59,7 +59,8 @@ def test_check_syntax_reports_the_broken_file(tmp_path):
     good.write_text("live_loop :a do\n  play 60\n  sleep 1\nend\n")
     bad.write_text("live_loop :a do\n  play 60\n")
     failed = check_syntax([good, bad])
-    assert list(failed) == [bad] and "syntax error" in failed[bad] or "unexpected" in failed[bad]
+    assert list(failed) == [bad]
+    assert "syntax error" in failed[bad] and "end-of-input" in failed[bad]
 
 
 def test_too_small_grammar_says_so(tiny_templates, tmp_path):

@@ -112,7 +112,7 @@ room = { choices = [0.5] }
 
 
 def test_template_using_an_undeclared_slot_is_an_error(tiny_templates):
-    (tiny_templates / "tiny.rb.j2").write_text(TINY := "play {{ note }}\n{{ seed }}{{ lead }}{{ amp }}{{ beat }}{{ cutoff }}")
+    (tiny_templates / "tiny.rb.j2").write_text("play {{ note }}\n{{ seed }}{{ lead }}{{ amp }}{{ beat }}{{ cutoff }}")
     with pytest.raises(GrammarError, match=r"template 'tiny': tiny.rb.j2 uses \['note'\], which the grammar does not declare"):
         load_grammar("tiny", tiny_templates)
 
