@@ -1,10 +1,17 @@
 """Render one program on a booted server: wrap, record, align to beat 0, trim, measure.
 
-Alignment: the wrapper plays a short marker click at logical time 0 and starts the
-program MARKER_LEAD_BEATS later, in the same thread, so the program's beat 0 is exactly
-MARKER_LEAD_S after the marker in the server's own timeline (Sonic Pi timestamps
-every event). The clip is cut from the recording at marker + MARKER_LEAD_S, whatever
-the latency between /start-recording and the first sound.
+The program runs with a one-line prelude that starts a thread of the renderer's own in
+the same run. That thread drives the recording in the server's own timeline:
+  - it starts Sonic Pi's recorder, waits PRE_ROLL_BEATS, plays a short marker click
+    and, MARKER_LEAD_BEATS later, the program's beat 0 comes (the main thread sleeps
+    exactly that long before the program's first line);
+  - at the clip's end (+ a short tail) it stops and saves the recording, timed so that
+    the recorder is freed when the audio reaches that point.
+Sonic Pi timestamps every event, so the program's beat 0 is exactly MARKER_LEAD_S after
+the marker in the recording, whatever the latencies. The clip is cut from the
+recording at marker + MARKER_LEAD_S. Driving the recorder from inside the run, rather
+than with /start-recording and /save-recording around it, saves two scheduling
+headrooms per clip.
 """
 
 from __future__ import annotations
@@ -20,23 +27,35 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
+from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer, ruby_string
 
 BPM = 120
 BARS = 9
 CLIP_BEATS = BARS * 4
 CLIP_SECONDS = CLIP_BEATS * 60 / BPM  # 18.0
 CLIP_FRAMES = int(round(CLIP_SECONDS * SAMPLE_RATE))
+# Recording before the marker (nothing else sounds then: the previous run has ended).
+PRE_ROLL_BEATS = 1.0
+RUN_FADE_S = 1.1  # Sonic Pi's fade-out of a stopped run, in its own seconds
 MARKER_LEAD_BEATS = 0.5
 MARKER_LEAD_S = MARKER_LEAD_BEATS * 60 / BPM
+TAIL_BEATS = 0.25  # recorded past the clip's end, so the cut never runs short
 # The marker: a 10 ms click, far louder than the 16-bit noise floor, gone long before beat 0.
 MARKER_CODE = "synth :beep, note: 100, attack: 0, sustain: 0, release: 0.02, amp: 0.5"
 MARKER_THRESHOLD = 0.01
+MARKER_LENGTH_S = 0.05  # the click and its release; between it and beat 0 all is quiet
+# The end thread sends the recorder's stop a headroom before it is due (else scsynth
+# would get it late), but at most this many of Sonic Pi's seconds: Sonic Pi waits for
+# the recorder to be freed at most 5 s of its own time.
+STOP_AHEAD_MAX_S = 2.5
 SILENCE_DBFS = -60.0
 DEFAULT_MAX_FULL_SCALE = 0.01  # flag a clip whose samples sit at full scale more often than this
 # Sonic Pi's message when a thread's scheduling fell behind its logical time; under
 # acceleration this is the renderer's fault (too little headroom), not the program's.
-TIMING_ERROR_RE = re.compile(r"too far behind time|Timing Exception", re.I)
+# Sonic Pi also waits at most 5 s of its own time for some replies of scsynth (a
+# buffer for the recorder, a freed node): under acceleration that is a fraction of a
+# real second, which a busy machine can miss ("Promise timed out after 5 seconds").
+TIMING_ERROR_RE = re.compile(r"too far behind time|Timing Exception|Promise timed out", re.I)
 FINAL_STATUSES = ("ok", "syntax_error", "runtime_error", "silent")
 
 
@@ -56,15 +75,22 @@ class ClipResult:
         return self.status in ("timeout", "timing", "xrun", "late", "server_error")
 
 
-def wrap_program(code: str, token: str) -> str:
-    """The program with the renderer's one-line prelude: 120 BPM, the marker, the end cue.
+def wrap_program(code: str, take: Path, sched_ahead_s: float, stop_ahead_s: float) -> str:
+    """The program with the renderer's one-line prelude: 120 BPM, the recorder, the marker.
 
-    The prelude is one line so that the server's line numbers are the program's own
-    (see `clean_message`).
+    `take` is where the server saves the recording; `sched_ahead_s` the server's
+    scheduling headroom and `stop_ahead_s` (at most that) how long before it is due the
+    recorder's stop is sent, both in the server's seconds. The prelude is one line so
+    that the server's line numbers are the program's own (see `clean_message`).
     """
-    end_beats = MARKER_LEAD_BEATS + CLIP_BEATS + 0.25
-    prelude = (f"use_bpm {BPM}; use_debug false; in_thread do use_bpm {BPM}; {MARKER_CODE}; "
-               f"sleep {end_beats}; puts \"{token}\"; end; sleep {MARKER_LEAD_BEATS}")
+    # The end thread's own headroom is stop_ahead_s, so it sleeps the difference longer:
+    # its stop then lands when the audio reaches the clip's end plus the tail.
+    stop_beats = (PRE_ROLL_BEATS + MARKER_LEAD_BEATS + CLIP_BEATS + TAIL_BEATS
+                  + (sched_ahead_s - stop_ahead_s) * BPM / 60)
+    prelude = (f"use_bpm {BPM}; use_debug false; in_thread do use_bpm {BPM}; recording_start; "
+               f"sleep {PRE_ROLL_BEATS:g}; {MARKER_CODE}; sleep {stop_beats:.6f}; "
+               f"use_sched_ahead_time {stop_ahead_s:.6f}; recording_save {ruby_string(take)}; end; "
+               f"sleep {PRE_ROLL_BEATS + MARKER_LEAD_BEATS:g}")
     return prelude + "\n" + code
 
 
@@ -110,7 +136,10 @@ def find_marker(recording: np.ndarray) -> int | None:
 
 
 def cut_clip(recording: np.ndarray) -> np.ndarray:
-    """The CLIP_FRAMES frames starting at the program's beat 0."""
+    """The CLIP_FRAMES frames starting at the program's beat 0.
+
+    Checks that the first sound was the marker: between the click's end and beat 0
+    nothing may sound (a leftover of the previous run would be mistaken for it)."""
     marker = find_marker(recording)
     if marker is None:
         raise ServerError("no marker click in the recording (the server produced no sound)")
@@ -118,6 +147,10 @@ def cut_clip(recording: np.ndarray) -> np.ndarray:
     if start + CLIP_FRAMES > len(recording):
         raise ServerError(f"recording too short: {len(recording) / SAMPLE_RATE:.2f} s, needs "
                           f"{(start + CLIP_FRAMES) / SAMPLE_RATE:.2f} s")
+    # up to 10 ms before beat 0: an event at beat 0 may land that early (issue 3's bound)
+    between = recording[marker + int(MARKER_LENGTH_S * SAMPLE_RATE):start - int(0.010 * SAMPLE_RATE)]
+    if between.size and np.abs(between).max() > MARKER_THRESHOLD * 32768:
+        raise ServerError("sound before the program's beat 0: the marker could not be told apart")
     return recording[start:start + CLIP_FRAMES]
 
 
@@ -130,27 +163,30 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     """
     started = time.monotonic()
     speed = server.acceleration
-    token = f"spg-end-{uuid.uuid4().hex[:12]}"
-    clip_wall_s = (MARKER_LEAD_S + CLIP_SECONDS + 0.125 + server.sched_ahead_s) / speed
+    sched_ahead = server.sched_ahead_s
+    stop_ahead = min(sched_ahead, STOP_AHEAD_MAX_S)
+    take = server.workdir / f"take-{uuid.uuid4().hex[:12]}.wav"
+    clip_wall_s = (sched_ahead + (PRE_ROLL_BEATS + MARKER_LEAD_BEATS + CLIP_BEATS + TAIL_BEATS)
+                   * 60 / BPM) / speed
     timeout_s = timeout_s or 3 * clip_wall_s + 10
+    # Every clip's run is stopped when it ends. Sonic Pi fades a stopped run out over
+    # 1.1 s of its time before freeing its synths; a new run started before that competes
+    # with the freeing for Ruby's event thread (measured: its waits for scsynth time out
+    # under acceleration) and the old run's tail can sound in its recording.
+    server.wait_idle(10 + RUN_FADE_S / speed)
     faults_before = server.scheduling_faults()
-    wav = server.workdir / f"take-{token}.wav"
     server.drain_messages()
-    server.send("/start-recording")
-    server.run_code(wrap_program(code, token))
-    result = _wait_for_end(server, token, started + timeout_s)
-    if result is None:
-        # Sound reaches the recording sched_ahead after the thread printed the end cue.
-        time.sleep(server.sched_ahead_s / speed + 0.05)
-    if result is not None:
-        server.send("/stop-all-jobs")
-        _discard_recording(server, wav)
-        result.render_s = time.monotonic() - started
-        return result
-    # Save first: the server handles OSC messages in turn and stopping all jobs takes a
-    # while; the recording is complete once the end cue plus the headroom have passed.
-    recording = _save_recording(server, wav)
-    server.send("/stop-all-jobs")
+    server.run_code(wrap_program(code, take, sched_ahead, stop_ahead))
+    failed = _wait_for_save(server, take, timeout_s - (time.monotonic() - started))
+    if failed is not None:
+        _discard_recording(server, take, stop_ahead)
+        failed.render_s = time.monotonic() - started
+        return failed
+    server.stop_runs()  # its live loops go on; it fades out while the take is read
+    recording = _read_take(take)
+    # Faults are counted once the run has ended: JACK logs an xrun a moment after it
+    # happened, and one missed here would pass a clip whose later events were shifted.
+    server.wait_idle(10 + RUN_FADE_S / speed)
     faults = {k: n - faults_before[k] for k, n in server.scheduling_faults().items()}
     if faults["xrun"]:
         return ClipResult("xrun", f"{faults['xrun']} JACK xruns at x{speed:g}: scsynth missed "
@@ -170,12 +206,17 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
                       time.monotonic() - started)
 
 
-def _wait_for_end(server: SonicPiServer, token: str, deadline: float) -> ClipResult | None:
-    """None when the end cue arrived; a failed ClipResult on error or time-out."""
+def _saved(msg, take: Path) -> bool:
+    return msg.address == "/log/info" and any(f"Saving recording to {take}" in str(a) for a in msg.args)
+
+
+def _wait_for_save(server: SonicPiServer, take: Path, timeout_s: float) -> ClipResult | None:
+    """None when the server saved the take; a failed ClipResult on error or time-out."""
+    deadline = time.monotonic() + timeout_s
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return ClipResult("timeout", f"no end of clip within {deadline:.0f} s")
+            return ClipResult("timeout", f"the clip did not end within {timeout_s:.0f} s")
         if not server.alive():
             raise ServerError("the Sonic Pi server died during the clip")
         try:
@@ -188,38 +229,39 @@ def _wait_for_end(server: SonicPiServer, token: str, deadline: float) -> ClipRes
                 return ClipResult("timing", text)
             kind = "syntax_error" if "SyntaxError" in text or msg.address == "/syntax_error" else "runtime_error"
             return ClipResult(kind, text)
-        if msg.address.startswith("/log/multi_message") and any(token in str(a) for a in msg.args):
+        if _saved(msg, take):
             return None
 
 
-def _save_recording(server: SonicPiServer, wav: Path, timeout_s: float = 20.0) -> np.ndarray:
-    """Stop the recording, have the server save it to `wav`, and read it.
+def _read_take(take: Path) -> np.ndarray:
+    audio, rate = sf.read(take, dtype="int16", always_2d=True)
+    take.unlink()
+    if rate != SAMPLE_RATE:
+        raise ServerError(f"recording at {rate} Hz, expected {SAMPLE_RATE}")
+    return audio
 
-    Sonic Pi's /save-recording stops the recorder, waits for its buffer to close, renames
-    the take to `wav` and then logs "Saving recording to <path>": that message, not the
-    file's appearance, says the file is complete.
-    """
-    server.send("/save-recording", str(wav))
-    deadline = time.monotonic() + timeout_s
+
+def _discard_recording(server: SonicPiServer, take: Path, stop_ahead_s: float) -> None:
+    """End a failed run, then the recording it left going (saving is the only way to
+    close it), in a run of its own with a short headroom: Sonic Pi waits at most 5 s of
+    its time for the recorder to stop, and the GUI's stop and save would schedule that
+    a whole headroom ahead."""
+    server.stop_runs()
+    server.wait_idle(10 + RUN_FADE_S / server.acceleration)
+    server.drain_messages()  # the failed run's other messages
+    server.run_code(f"use_sched_ahead_time {stop_ahead_s:.6f}; recording_save {ruby_string(take)}")
+    deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
         try:
             msg = server.messages.get(timeout=0.2)
         except queue.Empty:
             if not server.alive():
-                raise ServerError("the Sonic Pi server died while saving the recording")
+                raise ServerError("the Sonic Pi server died while stopping its recorder")
             continue
-        if msg.address == "/log/info" and any(f"Saving recording to {wav}" in str(a) for a in msg.args):
-            audio, rate = sf.read(wav, dtype="int16", always_2d=True)
-            wav.unlink()
-            if rate != SAMPLE_RATE:
-                raise ServerError(f"recording at {rate} Hz, expected {SAMPLE_RATE}")
-            return audio
-    raise ServerError(f"the server did not save the recording to {wav} within {timeout_s:.0f} s")
-
-
-def _discard_recording(server: SonicPiServer, wav: Path) -> None:
-    # Saving is the only way to close Sonic Pi's recording; the take is not needed.
-    try:
-        _save_recording(server, wav, timeout_s=5.0)
-    except ServerError:
-        wav.unlink(missing_ok=True)
+        if msg.address == "/error":  # nothing else runs now: the save itself failed
+            raise ServerError("the server could not stop its recorder: "
+                              + clean_message(str(msg.args[1]) if len(msg.args) > 1 else str(msg.args)))
+        if _saved(msg, take) or (msg.address == "/log/info" and "No recording to save" in str(msg.args)):
+            take.unlink(missing_ok=True)
+            return
+    raise ServerError("the server did not stop its recorder within 10 s")

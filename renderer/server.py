@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pythonosc.dispatcher import Dispatcher
-from pythonosc.osc_server import ThreadingOSCUDPServer
+from pythonosc.osc_server import BlockingOSCUDPServer
 from pythonosc.udp_client import SimpleUDPClient
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,11 @@ def _claim_jack_name() -> tuple[str, object]:
         return f"sonicpi-gen-{slot}", lock
     raise ServerError(f"all {JACK_SLOTS} JACK server names are in use by running renders "
                       f"(JACK allows {JACK_SLOTS} servers per machine): use fewer --workers")
+
+
+def ruby_string(path: Path) -> str:
+    """A path as a single-quoted Ruby string literal."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def sonic_pi_installed() -> bool:
@@ -179,7 +184,10 @@ class SonicPiServer:
     launcher: subprocess.Popen | None = None
     jackd_pid: int | None = None
     messages: "queue.Queue[GuiMessage]" = field(default_factory=queue.Queue)
+    idle: threading.Event = field(default_factory=threading.Event)  # no run going
     version: str = "unknown"
+    _faults: dict = field(default_factory=lambda: {"xrun": 0, "late": 0}, repr=False)
+    _log_offsets: dict = field(default_factory=dict, repr=False)
     # shutdown() is called by a worker and, on Ctrl-C, by the main thread at once
     _shutdown_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -265,22 +273,32 @@ class SonicPiServer:
         raise ServerError(f"Sonic Pi server did not boot in {BOOT_TIMEOUT_S:.0f} s; log: {log_path}")
 
     def _warm_up(self, timeout_s: float = 30.0) -> None:
-        """Run a quiet program for 4 s of server time before the first clip.
+        """Start and save a recording, then run a quiet program for 4 s of server time,
+        before the first clip.
 
         The first run after boot is slow (Ruby loads and compiles code paths), slow
         enough to miss its schedule under acceleration, and scsynth's estimate of the
         audio clock needs a few seconds of running to settle (measured: first clip's
         onsets off by up to 4 ms, later ones within 1.5 ms)."""
+        take = self.workdir / "warm-up.wav"
+        self._run_until(f"use_sched_ahead_time {min(self.sched_ahead_s, 1.0):g}; recording_start; "
+                        f"recording_save {ruby_string(take)}", f"Saving recording to {take}", timeout_s)
+        take.unlink(missing_ok=True)
+        self._run_until("use_debug false; 16.times { synth :beep, amp: 0; sample :elec_tick, "
+                        "amp: 0; sleep 0.25 }", "All runs completed", timeout_s)
+
+    def _run_until(self, code: str, log_line: str, timeout_s: float) -> None:
         self.drain_messages()
-        self.run_code("use_debug false; 16.times { synth :beep, amp: 0; sample :elec_tick, amp: 0; sleep 0.25 }")
+        self.run_code(code)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if self.messages.get(timeout=0.2).address == "/runs/all-completed":
-                    return
+                msg = self.messages.get(timeout=0.2)
             except queue.Empty:
                 continue
-        raise ServerError(f"the server did not finish its warm-up run in {timeout_s:.0f} s")
+            if msg.address == "/log/info" and log_line in str(msg.args):
+                return
+        raise ServerError(f"the server's warm-up did not finish in {timeout_s:.0f} s")
 
     def _register_jackd(self) -> None:
         if self.jackd_pid is None and (self.workdir / "jackd.pid").exists():
@@ -350,10 +368,16 @@ class SonicPiServer:
 
     def _listen_gui(self, port: int) -> None:
         """Receive what the server sends its GUI: errors, log lines, run completion."""
+        def receive(address, *args):
+            if address == "/runs/all-completed":
+                self.idle.set()
+            self.messages.put(GuiMessage(time.monotonic(), address, args))
+
         dispatcher = Dispatcher()
-        dispatcher.set_default_handler(
-            lambda address, *args: self.messages.put(GuiMessage(time.monotonic(), address, args)))
-        self._gui = ThreadingOSCUDPServer(("127.0.0.1", port), dispatcher)
+        dispatcher.set_default_handler(receive)
+        # One thread for all messages (a thread per message costs more than the message):
+        # they stay in order, which the clip logic relies on.
+        self._gui = BlockingOSCUDPServer(("127.0.0.1", port), dispatcher)
         threading.Thread(target=self._gui.serve_forever, daemon=True).start()
 
     def send(self, address: str, *args) -> None:
@@ -362,7 +386,17 @@ class SonicPiServer:
         self.client.send_message(address, [CLIENT_ID, *args])
 
     def run_code(self, code: str) -> None:
+        self.idle.clear()
         self.send("/run-code", code)
+
+    def stop_runs(self) -> None:
+        """End every run; `wait_idle` waits until they have ended."""
+        self.run_code("__stop_other_jobs")
+
+    def wait_idle(self, timeout_s: float) -> None:
+        """Wait until no run is left (Sonic Pi says so after a stopped run's fade-out)."""
+        if not self.idle.wait(timeout_s):
+            raise ServerError(f"runs still going {timeout_s:.0f} s after they were stopped")
 
     def drain_messages(self) -> list[GuiMessage]:
         drained = []
@@ -374,21 +408,30 @@ class SonicPiServer:
 
     def scheduling_faults(self) -> dict:
         """Counts, since boot, of the two ways the stack can fail to keep time:
-        JACK xruns (scsynth missed a period's deadline) and late bundles (scsynth got an
-        event more than LATE_TOLERANCE_S after its time and played it late; scsynth logs
-        "late <seconds>")."""
-        def lines(path: Path, prefix: str) -> list[str]:
+        JACK xruns (scsynth missed a period's deadline and lost it) and late bundles
+        (scsynth got an event more than LATE_TOLERANCE_S after its time and played it
+        late; scsynth logs "late <seconds>"). The logs are read from where the last call
+        stopped."""
+        for name, path in (("xrun", self.workdir / "jackd.log"),
+                           ("late", self.workdir / "home/.sonic-pi/log/scsynth.log")):
             try:
-                return [line for line in path.read_text(errors="replace").splitlines()
-                        if line.startswith(prefix)]
+                with open(path, "rb") as log:
+                    log.seek(self._log_offsets.get(name, 0))
+                    text = log.read()
             except FileNotFoundError:
-                return []
+                continue
+            text = text[: text.rfind(b"\n") + 1]  # a line being written is read next time
+            self._log_offsets[name] = self._log_offsets.get(name, 0) + len(text)
+            for line in text.decode(errors="replace").splitlines():
+                if name == "xrun" and line.startswith("JackEngine::XRun"):
+                    self._faults["xrun"] += 1
+                elif name == "late" and line.startswith("late ") and _lateness(line) > LATE_TOLERANCE_S:
+                    self._faults["late"] += 1
+        return dict(self._faults)
 
-        def lateness(line: str) -> float:
-            try:
-                return float(line.split()[1])
-            except (IndexError, ValueError):
-                return float("inf")
-        late = lines(self.workdir / "home/.sonic-pi/log/scsynth.log", "late ")
-        return {"xrun": len(lines(self.workdir / "jackd.log", "JackEngine::XRun")),
-                "late": sum(lateness(line) > LATE_TOLERANCE_S for line in late)}
+
+def _lateness(line: str) -> float:
+    try:
+        return float(line.split()[1])
+    except (IndexError, ValueError):
+        return float("inf")

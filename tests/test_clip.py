@@ -1,10 +1,13 @@
 """Per-clip logic without a server: alignment, levels, messages."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from renderer.clip import (CLIP_FRAMES, MARKER_LEAD_S, clean_message, cut_clip, find_marker,
-                           measure_levels, wrap_program)
+from renderer.clip import (CLIP_BEATS, CLIP_FRAMES, MARKER_LEAD_BEATS, MARKER_LEAD_S, PRE_ROLL_BEATS,
+                           TAIL_BEATS, clean_message, cut_clip, find_marker, measure_levels,
+                           wrap_program)
 from renderer.fidelity import envelope_correlation, grid_error, onset_times, spectrum_similarity
 from renderer.server import SAMPLE_RATE, ServerError
 
@@ -48,9 +51,22 @@ def test_longest_silence():
 
 
 def test_wrapper_is_one_line_and_sets_120_bpm():
-    wrapped = wrap_program("play 60\n", "tok")
+    wrapped = wrap_program("play 60\n", Path("/w/it's.wav"), sched_ahead_s=4.8, stop_ahead_s=1.6)
     first, rest = wrapped.split("\n", 1)
-    assert rest == "play 60\n" and first.startswith("use_bpm 120;") and 'puts "tok"' in first
+    assert rest == "play 60\n" and first.startswith("use_bpm 120;")
+    assert "recording_save '/w/it\\'s.wav'" in first
+    # beat 0 comes PRE_ROLL + MARKER_LEAD after the recorder starts; the end thread sleeps
+    # to the clip's end + tail, plus the headroom it gives up (4.8 - 1.6 s = 6.4 beats)
+    assert first.endswith(f"sleep {PRE_ROLL_BEATS + MARKER_LEAD_BEATS:g}")
+    stop = PRE_ROLL_BEATS + MARKER_LEAD_BEATS + CLIP_BEATS + TAIL_BEATS + 6.4
+    assert f"sleep {stop:.6f}; use_sched_ahead_time 1.600000;" in first
+
+
+def test_sound_between_marker_and_beat_zero_is_not_taken_for_the_marker():
+    recording = _recording(marker_at=1000)
+    recording[1000 + int(0.2 * SAMPLE_RATE)] = 9000  # e.g. a previous run's tail
+    with pytest.raises(ServerError, match="before the program's beat 0"):
+        cut_clip(recording)
 
 
 @pytest.mark.parametrize("raw, clean", [
