@@ -25,9 +25,13 @@ from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
 
-# x24 passes with one server on an idle 2-core machine, but several servers at x24 over-
-# commit the CPU (JACK xruns); auto stops at x16, a user may ask for more.
-CANDIDATE_FACTORS = (16, 12, 8, 4)
+# Measured on the 2-core machine, 108 template programs with a metronome every 12th:
+# 4 servers at x16 rendered 32.7x real time, but Ruby's own waits (5 s of Sonic Pi's
+# time, a third of a real second at x16) timed out now and then and metronome onsets
+# strayed up to 15 ms; 6 servers at x8 rendered 33.5x with every clip ok and onsets
+# within 2 ms but for rare outliers. So auto stops at x8; a user may ask for more.
+CANDIDATE_FACTORS = (8, 4)
+CALIBRATION_VERSION = 2  # bumped when the clip protocol or the candidates change
 FALLBACK_FACTOR = 8.0  # used when calibration itself cannot run
 ONSET_TOLERANCE_S = 0.005
 # How much less alike an accelerated render may be than two real-time renders.
@@ -177,7 +181,7 @@ def _cache_path() -> Path:
 
 def _machine_key() -> str:
     from sonicpi_gen.inventory import DEFAULT_VERSION
-    return f"{platform.node()}|{os.cpu_count()}|sonic-pi-{DEFAULT_VERSION}"
+    return f"{platform.node()}|{os.cpu_count()}|sonic-pi-{DEFAULT_VERSION}|calibration-{CALIBRATION_VERSION}"
 
 
 def forget_calibration() -> None:

@@ -13,12 +13,12 @@ import hashlib
 import json
 import logging
 import os
-import queue
+from collections import deque
+from dataclasses import dataclass, field, replace
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,11 +32,12 @@ from renderer.server import JACK_SLOTS, SAMPLE_RATE, ServerError, SonicPiServer
 logger = logging.getLogger(__name__)
 
 AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
-DEFAULT_WORKERS = min(8, 2 * (os.cpu_count() or 1))
-DEFAULT_MAX_ATTEMPTS = 3
+# Servers idle between a clip's steps (waiting on Ruby, on a stopped run's fade), so
+# more servers than cores keep the CPU busy: 6 on 2 cores (see renderer.fidelity).
+DEFAULT_WORKERS = min(8, 3 * (os.cpu_count() or 1))
+DEFAULT_MAX_ATTEMPTS = 4
 BOOT_ATTEMPTS = 5
-STICKY_SLOW_JOBS = 8  # jobs a worker stays at a slower factor after xruns made it slow down
-SLOWER_FACTORS = (32, 24, 16, 12, 8, 4, 2, 1)  # fall back along these on timing errors
+SLOWER_FACTORS = (32, 24, 16, 12, 8, 4, 2, 1)  # fall back along these
 
 STATUS_SCHEMA = pa.schema([
     ("id", pa.string()), ("template", pa.string()), ("source", pa.string()),
@@ -178,8 +179,85 @@ class _Watchdog:
         self.proc.wait(timeout=30)
 
 
+@dataclass
+class _Task:
+    """One program's next render attempt: at which factor, after how many tries."""
+
+    job: Job
+    factor: float
+    attempts: int = 0  # made so far
+    hiccups: int = 0  # of those, ended by an xrun, a late event or a timing error
+
+
+def _slower(factor: float, divisor: float) -> float:
+    return max([f for f in SLOWER_FACTORS if f <= max(factor / divisor, 1)], default=1)
+
+
+def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | None:
+    """The retry policy: the task's next attempt after `result`, or None if it was the last.
+
+    - xrun, late event, "too far behind time" (the machine or Ruby did not keep up):
+      once more at the same speed, since on a busy machine it is mostly a passing load
+      (measured: programs that failed so among 6 servers rendered clean alone); then at
+      half the speed each time, down to real time (where "behind time" is the program's
+      own error, see _Worker).
+    - time-out or dead server: the same speed on a fresh server.
+    Program errors, silence and ok clips are final, and so is the last allowed attempt.
+    """
+    if not result.retryable or task.attempts >= max_attempts:
+        return None
+    factor, hiccups = task.factor, task.hiccups
+    if result.status in ("xrun", "late", "timing"):
+        hiccups += 1
+        if hiccups > 1:
+            factor = _slower(factor, 2)
+    return replace(task, factor=factor, hiccups=hiccups)
+
+
+class _TaskQueue:
+    """Tasks grouped by factor. A worker takes tasks at its server's factor while there
+    are any, else the fastest waiting (and reboots its server at that factor): retries at
+    slower factors collect until the fast work runs out, so a server is rebooted once per
+    factor, not once per retried clip. `get` waits while other workers' tasks may still
+    come back for a retry."""
+
+    def __init__(self, stop: threading.Event):
+        self._stop = stop
+        self._cond = threading.Condition()
+        self._by_factor: dict[float, deque] = {}
+        self._in_flight = 0
+
+    def put(self, task: _Task, retry: bool = False) -> None:
+        with self._cond:
+            tasks = self._by_factor.setdefault(task.factor, deque())
+            tasks.appendleft(task) if retry else tasks.append(task)
+            self._cond.notify_all()
+
+    def get(self, factor: float) -> _Task | None:
+        """The next task for a worker whose server runs at `factor`; None when all is done."""
+        with self._cond:
+            while not self._stop.is_set():
+                waiting = [f for f, tasks in self._by_factor.items() if tasks]
+                if waiting or not self._in_flight:
+                    break
+                self._cond.wait(timeout=0.5)
+            if self._stop.is_set() or not waiting:
+                return None
+            self._in_flight += 1
+            return self._by_factor[factor if factor in waiting else max(waiting)].popleft()
+
+    def done(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return sum(map(len, self._by_factor.values()))
+
+
 class _Worker(threading.Thread):
-    """Owns one server; renders jobs from the queue until it is empty or stop is set."""
+    """Owns one server; renders tasks from the queue until there are none left."""
 
     def __init__(self, index: int, batch: "_Batch"):
         super().__init__(name=f"render-worker-{index}", daemon=True)
@@ -187,7 +265,6 @@ class _Worker(threading.Thread):
         self.server: SonicPiServer | None = None
         self.error: BaseException | None = None
         self.version = "unknown"  # Sonic Pi version of the last server booted
-        self.slow_factor, self.slow_jobs_left = 1.0, 0  # see _render
 
     def _start_server(self, acceleration: float) -> SonicPiServer:
         """Boot this worker's server, retrying failed boots.
@@ -195,23 +272,26 @@ class _Worker(threading.Thread):
         Sonic Pi waits for scsynth a fixed time in its own clock, which acceleration
         shortens: on a busy machine a boot can fail and the next one succeed. Boot
         failures are the renderer's and are not charged to the program being rendered.
+        Workers boot side by side (measured: 4 servers at x16 in 7 s together, 3.7 s
+        each alone).
         """
         self.stop_server()
         for attempt in range(1, BOOT_ATTEMPTS + 1):
-            with self.batch.boot_lock:  # simultaneous boots fail (scsynth/JACK races)
-                if self.batch.stop.is_set():
-                    raise ServerError("stopping")
-                server = SonicPiServer(self.batch.work_dir / f"worker-{self.index}", acceleration,
-                                       self.batch.headroom_s, on_spawn=self.batch.watchdog.register)
-                try:
-                    server.boot()
-                except ServerError as err:
-                    if attempt == BOOT_ATTEMPTS:
-                        raise
-                    logger.warning("worker %d: boot %d at x%g failed (%s); retrying",
-                                   self.index, attempt, acceleration, str(err).splitlines()[0])
-                    continue
-            self.server, self.version = server, server.version
+            if self.batch.stop.is_set():
+                raise ServerError("stopping")
+            server = SonicPiServer(self.batch.work_dir / f"worker-{self.index}", acceleration,
+                                   self.batch.headroom_s, on_spawn=self.batch.watchdog.register)
+            self.server = server  # so that Ctrl-C can end it mid-boot
+            try:
+                server.boot()
+            except ServerError as err:
+                self.server = None
+                if attempt == BOOT_ATTEMPTS:
+                    raise
+                logger.warning("worker %d: boot %d at x%g failed (%s); retrying",
+                               self.index, attempt, acceleration, str(err).splitlines()[0])
+                continue
+            self.version = server.version
             return server
         raise AssertionError("unreachable")
 
@@ -221,69 +301,48 @@ class _Worker(threading.Thread):
             self.server = None
 
     def run(self) -> None:
+        tasks = self.batch.tasks
         try:
-            while not self.batch.stop.is_set():
-                try:
-                    job = self.batch.jobs.get_nowait()
-                except queue.Empty:
+            while True:
+                factor = self.server.acceleration if self.server else self.batch.acceleration
+                task = tasks.get(factor)
+                if task is None:
                     return
-                result, attempts, factor = self._render(job)
-                if self.batch.stop.is_set() and result.retryable:
-                    return  # cut short by Ctrl-C: not a result; the rerun renders it
-                self.batch.finish(job, result, attempts, factor, self.index, self.version)
+                try:
+                    self._attempt(task)
+                finally:
+                    tasks.done()
         except BaseException as err:  # reported by the main thread
             self.error = err
         finally:
             self.stop_server()
 
-    def _render(self, job: Job) -> tuple[ClipResult, int, float]:
-        """Render one job, retrying what is the renderer's fault. Returns the result, the
-        attempts used and the factor of the last attempt.
-
-        - xrun / late event (the machine could not keep up): once more at the same speed,
-          then slower; the worker stays slower for its next STICKY_SLOW_JOBS jobs, since
-          the cause is the load, not the program.
-        - "too far behind time" (Ruby could not keep up with this program): much slower
-          (a quarter of the speed), down to real time; if it happens in real time too,
-          it is the program's error (runtime_error), not the renderer's.
-        - dead server or time-out: restart the server and retry.
-        """
-        default = self.batch.acceleration
-        factor = self.slow_factor if self.slow_jobs_left > 0 else default
-        self.slow_jobs_left = max(0, self.slow_jobs_left - 1)
-        result = ClipResult("server_error", "not rendered")
-        hiccups = 0
-        for attempt in range(1, self.batch.max_attempts + 1):
-            if self.batch.stop.is_set():
-                break
-            try:
-                server = self.server if self.server and self.server.alive() \
-                    and self.server.acceleration == factor else self._start_server(factor)
-                result = render_clip(server, job.code, self.batch.timeout_s, self.batch.max_full_scale)
-            except ServerError as err:
-                if self.batch.stop.is_set():
-                    break
-                logger.warning("worker %d: server failed on %s (%s); restarting", self.index, job.id, err)
-                result = ClipResult("server_error", str(err))
-                self.stop_server()
-                continue
-            if result.status == "timing" and factor == 1:
-                result.status = "runtime_error"  # behind time in real time: the program's
-            if not result.retryable:
-                if factor < default and hiccups:
-                    self.slow_factor, self.slow_jobs_left = factor, STICKY_SLOW_JOBS
-                return result, attempt, factor
-            hiccups += result.status in ("xrun", "late")
-            if result.status in ("xrun", "late") and hiccups == 1:
-                continue  # a passing scheduling hiccup: once more at the same speed
-            if result.status in ("timing", "xrun", "late") and factor > 1:
-                target = factor / 4 if result.status == "timing" else factor / 2
-                slower = max([f for f in SLOWER_FACTORS if f <= max(target, 1)], default=1)
-                logger.info("%s: %s at x%g, retrying at x%g", job.id, result.status, factor, slower)
-                factor = slower
-            elif result.status == "timeout":
-                self.stop_server()  # it may be hung
-        return result, self.batch.max_attempts, factor
+    def _attempt(self, task: _Task) -> None:
+        """Render the task once; then record the result or queue the next attempt."""
+        task.attempts += 1
+        try:
+            server = self.server if self.server and self.server.alive() \
+                and self.server.acceleration == task.factor else self._start_server(task.factor)
+            result = render_clip(server, task.job.code, self.batch.timeout_s, self.batch.max_full_scale)
+        except ServerError as err:
+            result = ClipResult("server_error", str(err))
+        if result.status in ("server_error", "timeout"):
+            if not self.batch.stop.is_set():
+                logger.warning("worker %d: %s on %s (%s); restarting its server", self.index,
+                               result.status, task.job.id, result.message)
+            self.stop_server()  # dead, or maybe hung
+        if result.status == "timing" and task.factor == 1:
+            result.status = "runtime_error"  # behind time in real time: the program's
+        if self.batch.stop.is_set() and result.retryable:
+            return  # cut short by Ctrl-C: not a result; the rerun renders it
+        retry = next_attempt(task, result, self.batch.max_attempts)
+        if retry is None:
+            self.batch.finish(task.job, result, task.attempts, task.factor, self.index, self.version)
+            return
+        if retry.factor != task.factor:
+            logger.info("%s: %s at x%g, retrying at x%g", task.job.id, result.status, task.factor,
+                        retry.factor)
+        self.batch.tasks.put(retry, retry=True)
 
 
 @dataclass
@@ -298,15 +357,17 @@ class _Batch:
     audio_format: str
     watchdog: _Watchdog
     progress: object
-    jobs: "queue.Queue[Job]" = field(default_factory=queue.Queue)
     stop: threading.Event = field(default_factory=threading.Event)
-    boot_lock: threading.Lock = field(default_factory=threading.Lock)
+    tasks: _TaskQueue = field(init=False)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     rows: dict = field(default_factory=dict)
     audio_s: float = 0.0
     rendered: int = 0
     failed: int = 0
     started: float = 0.0
+
+    def __post_init__(self):
+        self.tasks = _TaskQueue(self.stop)
 
     def finish(self, job: Job, result: ClipResult, attempts: int, factor: float, worker: int,
                version: str) -> None:
@@ -385,7 +446,7 @@ def render_programs(in_dir: Path, out_dir: Path, workers: int = DEFAULT_WORKERS,
     batch = _Batch(out_dir, out_dir / ".work", factor, headroom_s, max_attempts, timeout_s,
                    max_full_scale, audio_format, _Watchdog(), bar, rows=previous)
     for job in todo:
-        batch.jobs.put(job)
+        batch.tasks.put(_Task(job, factor))
     batch.started = time.monotonic()
     threads = [_Worker(i, batch) for i in range(min(workers, len(todo)))]
     try:
@@ -397,8 +458,9 @@ def render_programs(in_dir: Path, out_dir: Path, workers: int = DEFAULT_WORKERS,
     except BaseException:
         batch.stop.set()
         for thread in threads:  # end servers mid-clip; their threads see ServerError and exit
-            if thread.server is not None:
-                thread.server.shutdown()
+            server = thread.server
+            if server is not None:
+                server.shutdown()
         for thread in threads:
             thread.join(timeout=30)
         raise

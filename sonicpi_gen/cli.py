@@ -105,14 +105,14 @@ def scenarios(scenarios, k, seed, out, templates, templates_dir, check):
 @click.option("--out", type=OUT_DIR, default=Path("work/renders"), show_default=True)
 @click.option("--workers", type=click.IntRange(1, 8), default=None,
               help="Sonic Pi servers side by side (JACK allows 8 per machine) "
-                   "[default: 2 x cores, at most 8].")
+                   "[default: 3 x cores, at most 8].")
 @click.option("--acceleration", default="auto", show_default=True,
               help="Time factor (1 = real time) or 'auto': the fastest factor that passed "
                    "the fidelity check on this machine.")
 @click.option("--calibrate", is_flag=True, help="Redo the fidelity check that 'auto' uses.")
 @click.option("--headroom", type=click.FloatRange(min=0.05), default=0.3, show_default=True,
               help="Sonic Pi scheduling headroom, real seconds.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--max-attempts", type=click.IntRange(min=1), default=4, show_default=True,
               help="Tries per program when the renderer (not the program) fails.")
 @click.option("--max-full-scale", type=click.FloatRange(0, 1), default=0.01, show_default=True,
               help="Flag a clip as clipped above this fraction of full-scale samples.")

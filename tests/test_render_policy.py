@@ -1,14 +1,83 @@
-"""The batch renderer's retry policy, with the server and the clip renderer faked."""
+"""The batch renderer's retry policy and task queue, with the server and clip renderer faked."""
+
+import threading
 
 import pytest
 
 import renderer.render as render
 from renderer.clip import ClipResult
+from renderer.render import _Task, _TaskQueue, next_attempt
+
+JOB = render.Job("id", "t", "play 60")
+
+
+def attempts(statuses, factor=8.0, max_attempts=4):
+    """The factors tried when render attempts end with these statuses in turn."""
+    task, tried = _Task(JOB, factor), []
+    for status in statuses:
+        task.attempts += 1
+        tried.append(task.factor)
+        task = next_attempt(task, ClipResult(status), max_attempts)
+        if task is None:
+            break
+    return tried, task
+
+
+def test_timing_error_is_retried_at_the_same_speed_then_slower_down_to_real_time():
+    assert attempts(["timing", "ok"]) == ([8.0, 8.0], None)
+    assert attempts(["timing"] * 5, max_attempts=5)[0] == [8.0, 8.0, 4.0, 2.0, 1.0]
+
+
+def test_xrun_is_retried_at_the_same_speed_once_then_slower():
+    assert attempts(["xrun", "late", "xrun", "ok"])[0] == [8.0, 8.0, 4.0, 2.0]
+
+
+def test_timeouts_and_dead_servers_retry_at_the_same_speed():
+    assert attempts(["timeout", "server_error", "ok"])[0] == [8.0, 8.0, 8.0]
+
+
+def test_program_errors_are_final_and_attempts_are_bounded():
+    for status in ("ok", "syntax_error", "runtime_error", "silent"):
+        assert attempts([status, "ok"]) == ([8.0], None)
+    tried, task = attempts(["xrun"] * 10, max_attempts=3)
+    assert tried == [8.0, 8.0, 4.0] and task is None
+
+
+def test_queue_prefers_the_workers_factor_then_the_fastest():
+    q = _TaskQueue(threading.Event())
+    for name, factor in [("a", 16.0), ("b", 4.0), ("c", 16.0), ("d", 1.0)]:
+        q.put(_Task(render.Job(name, "t", ""), factor))
+    order = []
+    for factor in (4.0, 16.0, 1.0, 1.0):
+        task = q.get(factor)
+        order.append(task.job.id)
+        q.done()
+    assert order == ["b", "a", "d", "c"]
+    assert q.get(16.0) is None
+
+
+def test_queue_waits_for_tasks_in_flight_that_may_come_back():
+    q = _TaskQueue(threading.Event())
+    q.put(_Task(JOB, 16.0))
+    first = q.get(16.0)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(q.get(16.0)))
+    waiter.start()
+    waiter.join(timeout=0.3)
+    assert waiter.is_alive(), "another worker must wait: the task in flight may be retried"
+    first.hiccups = 1
+    q.put(next_attempt(first, ClipResult("timing"), 4), retry=True)
+    q.done()
+    waiter.join(timeout=5)
+    assert got[0].factor == 8.0 and got[0].job is JOB
 
 
 class FakeServer:
+    boots = []
+
     def __init__(self, factor):
         self.acceleration, self.version = factor, "3.2.2"
+        FakeServer.boots.append(factor)
 
     def alive(self):
         return True
@@ -17,50 +86,29 @@ class FakeServer:
         pass
 
 
-@pytest.fixture
-def worker(monkeypatch, tmp_path):
-    batch = render._Batch(tmp_path, tmp_path / ".work", 16.0, 0.3, 3, None, 0.01, "flac",
-                          watchdog=None, progress=None)
-    w = render._Worker(0, batch)
-    monkeypatch.setattr(w, "_start_server", lambda factor: setattr(w, "server", FakeServer(factor)) or w.server)
-    return w
-
-
-def script(monkeypatch, outcomes):
-    """render_clip returns these statuses in turn; records the factor of each call."""
-    factors = []
+def test_workers_reboot_once_per_factor_and_retries_wait_for_the_fast_work(monkeypatch, tmp_path):
+    """Eight jobs on one worker; job 1 hits timing errors at x16: retried at once at the
+    same speed, then its retry at x8 waits for the other fast jobs and the worker
+    reboots once for it."""
+    FakeServer.boots = []
+    rendered = []
 
     def fake_render_clip(server, code, timeout_s, max_full_scale):
-        factors.append(server.acceleration)
-        return ClipResult(outcomes.pop(0), "why")
+        rendered.append((code, server.acceleration))
+        if code == "1" and server.acceleration == 16.0:
+            return ClipResult("timing", "too far behind time")
+        return ClipResult("runtime_error", "fake")
+
     monkeypatch.setattr(render, "render_clip", fake_render_clip)
-    return factors
-
-
-JOB = render.Job("id", "t", "play 60")
-
-
-def test_timing_error_only_under_acceleration_is_retried_much_slower(worker, monkeypatch):
-    factors = script(monkeypatch, ["timing", "ok"])
-    result, attempts, factor = worker._render(JOB)
-    assert (result.status, attempts, factors) == ("ok", 2, [16.0, 4.0])
-
-
-def test_timing_error_in_real_time_is_the_programs(worker, monkeypatch):
-    factors = script(monkeypatch, ["timing", "timing", "timing"])
-    result, attempts, factor = worker._render(JOB)
-    assert factors == [16.0, 4.0, 1.0] and result.status == "runtime_error" and factor == 1.0
-
-
-def test_xrun_retries_same_speed_then_slower_and_stays_slow_a_while(worker, monkeypatch):
-    factors = script(monkeypatch, ["xrun", "xrun", "ok", "ok"])
-    assert worker._render(JOB)[0].status == "ok"
-    assert factors == [16.0, 16.0, 8.0]
-    worker._render(JOB)
-    assert factors[-1] == 8.0 and worker.slow_jobs_left == render.STICKY_SLOW_JOBS - 1
-
-
-def test_program_errors_are_not_retried(worker, monkeypatch):
-    factors = script(monkeypatch, ["syntax_error"])
-    result, attempts, _ = worker._render(JOB)
-    assert (result.status, attempts, factors) == ("syntax_error", 1, [16.0])
+    batch = render._Batch(tmp_path, tmp_path / ".work", 16.0, 0.3, 4, None, 0.01, "flac",
+                          watchdog=None, progress=None)
+    for i in range(8):
+        batch.tasks.put(_Task(render.Job(str(i), "t", str(i)), 16.0))
+    worker = render._Worker(0, batch)
+    monkeypatch.setattr(worker, "_start_server", lambda f: setattr(worker, "server", FakeServer(f)) or worker.server)
+    worker.run()
+    assert worker.error is None
+    assert FakeServer.boots == [16.0, 8.0]
+    assert rendered[:3] == [("0", 16.0), ("1", 16.0), ("1", 16.0)]
+    assert rendered[-1] == ("1", 8.0) and len(rendered) == 10
+    assert batch.rows["1"]["attempts"] == 3 and batch.rows["1"]["acceleration"] == 8.0
