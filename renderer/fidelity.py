@@ -25,11 +25,13 @@ from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
 
-# Measured on the 2-core machine, 108 template programs with a metronome every 12th:
-# 4 servers at x16 rendered 32.7x real time, but Ruby's own waits (5 s of Sonic Pi's
-# time, a third of a real second at x16) timed out now and then and metronome onsets
-# strayed up to 15 ms; 6 servers at x8 rendered 33.5x with every clip ok and onsets
-# within 2 ms but for rare outliers. So auto stops at x8; a user may ask for more.
+# Measured on the 2-core machine, 108 template programs with a metronome every 12th,
+# clip loop only: 4 servers at x16 rendered 32.7x real time, but Ruby's own waits (5 s
+# of Sonic Pi's time, a third of a real second at x16) timed out now and then and
+# metronome onsets strayed up to 15 ms; 6 servers at x8 (headroom 0.4 s) rendered 33.5x
+# with every clip ok. With the defaults (6 workers, x8, headroom 0.3 s) bench_render's
+# 6 metronomes among 54 programs stayed within 2.34 ms. So auto stops at x8; a user may
+# ask for more.
 CANDIDATE_FACTORS = (8, 4)
 CALIBRATION_VERSION = 2  # bumped when the clip protocol or the candidates change
 FALLBACK_FACTOR = 8.0  # used when calibration itself cannot run

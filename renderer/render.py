@@ -251,10 +251,6 @@ class _TaskQueue:
             self._in_flight -= 1
             self._cond.notify_all()
 
-    def __len__(self) -> int:
-        with self._cond:
-            return sum(map(len, self._by_factor.values()))
-
 
 class _Worker(threading.Thread):
     """Owns one server; renders tasks from the queue until there are none left."""

@@ -51,7 +51,7 @@ BOOT_TIMEOUT_S = 90.0
 MIN_SCHED_AHEAD_S = 1.0
 # scsynth logs every bundle that arrives after its time, by how much (s); lateness below
 # the onset tolerance does not change the clip and is not counted as a fault.
-LATE_TOLERANCE_S = 0.005  # real seconds; a cold boot takes 4-20 s
+LATE_TOLERANCE_S = 0.005  # in scsynth's own (accelerated) seconds, as it logs them
 BOOTED_LINE = "Sonic Pi Server successfully booted."
 BOOT_FAILED_LINES = ("Failed to start server", "Unable to connect to SuperCollider",
                      "Port unavailable", "Exception when opening")
