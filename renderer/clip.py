@@ -57,13 +57,21 @@ DEFAULT_MAX_FULL_SCALE = 0.01  # flag a clip whose samples sit at full scale mor
 # real second, which a busy machine can miss ("Promise timed out after 5 seconds").
 TIMING_ERROR_RE = re.compile(r"too far behind time|Timing Exception|Promise timed out", re.I)
 FINAL_STATUSES = ("ok", "syntax_error", "runtime_error", "silent")
+# The stack failed to keep time during the clip, though the program was fine: a JACK
+# xrun, an event that reached scsynth late, or scsynth's clock drifting against its
+# samples (see renderer.server.CLOCK_POLL_S).
+SCHEDULING_FAULTS = ("xrun", "late", "drift")
+# Largest drift allowed between any two moments of a clip. Onsets also sit on scsynth's
+# 64-sample control blocks (up to 1.45 ms off), and on 26 metronomes the estimate fell
+# up to 0.8 ms short of their onsets' spread: 2.5 ms keeps onsets within 5 ms.
+MAX_CLOCK_DRIFT_S = 0.0025
 
 
 @dataclass
 class ClipResult:
     """What rendering one program gave. `audio` is int16 (frames, 2) when status is ok."""
 
-    status: str  # ok, syntax_error, runtime_error, silent, timeout, timing, xrun, late, server_error
+    status: str  # ok, syntax_error, runtime_error, silent, timeout, timing, xrun, late, drift, server_error
     message: str | None = None
     audio: np.ndarray | None = field(default=None, repr=False)
     levels: dict = field(default_factory=dict)
@@ -72,7 +80,7 @@ class ClipResult:
     @property
     def retryable(self) -> bool:
         """Failures of the renderer, not of the program: retry (maybe slower) instead."""
-        return self.status in ("timeout", "timing", "xrun", "late", "server_error")
+        return self.status in ("timeout", "timing", "server_error", *SCHEDULING_FAULTS)
 
 
 def wrap_program(code: str, take: Path, sched_ahead_s: float, stop_ahead_s: float) -> str:
@@ -177,7 +185,10 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     faults_before = server.scheduling_faults()
     server.drain_messages()
     server.run_code(wrap_program(code, take, sched_ahead, stop_ahead))
+    # the marker is due a pre-roll and a headroom after the run starts
+    marker_due = time.monotonic() + (PRE_ROLL_BEATS * 60 / BPM + sched_ahead) / speed
     failed = _wait_for_save(server, take, timeout_s - (time.monotonic() - started))
+    saved = time.monotonic()
     if failed is not None:
         _discard_recording(server, take, stop_ahead)
         failed.render_s = time.monotonic() - started
@@ -193,6 +204,12 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
                           "its deadline", render_s=time.monotonic() - started)
     if faults["late"]:
         return ClipResult("late", f"{faults['late']} events reached scsynth late at x{speed:g}",
+                          render_s=time.monotonic() - started)
+    drift = server.clock.drift_s(marker_due, saved, speed)
+    if drift > MAX_CLOCK_DRIFT_S:
+        return ClipResult("drift", f"scsynth's clock drifted {drift * 1000:.1f} ms against its "
+                          f"samples during the clip at x{speed:g} (limit {MAX_CLOCK_DRIFT_S * 1000:g} "
+                          "ms): the machine stalled; if this persists, use a lower --acceleration",
                           render_s=time.monotonic() - started)
     clip = cut_clip(recording)
     levels = measure_levels(clip)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from renderer.clip import CLIP_SECONDS, render_clip
+from renderer.clip import CLIP_SECONDS, SCHEDULING_FAULTS, render_clip
 from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 # 6 metronomes among 54 programs stayed within 2.34 ms. So auto stops at x8; a user may
 # ask for more.
 CANDIDATE_FACTORS = (8, 4)
-CALIBRATION_VERSION = 2  # bumped when the clip protocol or the candidates change
+CALIBRATION_VERSION = 3  # bumped when the clip protocol or the candidates change
 FALLBACK_FACTOR = 8.0  # used when calibration itself cannot run
 ONSET_TOLERANCE_S = 0.005
 # How much less alike an accelerated render may be than two real-time renders.
@@ -117,11 +117,11 @@ def envelope_correlation(a: np.ndarray, b: np.ndarray, frame_s: float = 0.01) ->
 
 
 def _render(server: SonicPiServer, code: str, attempts: int = 3) -> np.ndarray:
-    """Render a fidelity program; a scheduling hiccup (xrun, late event) is retried, as
+    """Render a fidelity program; a scheduling fault (xrun, late event, drift) is retried, as
     the batch renderer does, so a busy machine does not fail the check by itself."""
     for _ in range(attempts):
         result = render_clip(server, code)
-        if result.status not in ("xrun", "late"):
+        if result.status not in SCHEDULING_FAULTS:
             break
     if result.status != "ok":
         raise ServerError(f"fidelity program did not render at x{server.acceleration:g}: "

@@ -201,6 +201,10 @@ def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | 
       (measured: programs that failed so among 6 servers rendered clean alone); then at
       half the speed each time, down to real time (where "behind time" is the program's
       own error, see _Worker).
+    - clock drift: the same speed. It comes from the machine stalling every process
+      now and then (measured here: the top real-time priority woken up to 24 ms late
+      under load), not from the program; a slower factor would only halve its effect,
+      at the cost of booting a server, mostly at the end of a batch.
     - time-out or dead server: the same speed on a fresh server.
     Program errors, silence and ok clips are final, and so is the last allowed attempt.
     """

@@ -25,10 +25,12 @@ import socket
 import subprocess
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import BlockingOSCUDPServer
 from pythonosc.udp_client import SimpleUDPClient
 
@@ -41,6 +43,11 @@ FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 # the wrong clip. Line-buffered, each line is in the log when it happens.
 STDBUF_LIB = Path("/usr/libexec/coreutils/libstdbuf.so")
 SAMPLE_RATE = 44100
+# jackd's real-time priority. Its clients' process threads (scsynth's audio) get 5 less;
+# at jackd's default 10 they sat below scsynth's own helper threads (50), so any
+# server's helpers could delay every server's audio callback. Measured: clips drifting
+# more than 2.5 ms (see CLOCK_POLL_S), 15 and 21 of 80 at 10, 11 and 13 of 80 at 70.
+JACK_PRIORITY = 70
 # JACK period in frames. Latency does not matter offline, while every period is a
 # deadline scsynth must meet: at x8 a 1024-frame period is 2.9 ms of real time, and
 # a loaded 2-core machine misses that now and then (an xrun); 4096 gives 5.8 ms at
@@ -52,6 +59,19 @@ MIN_SCHED_AHEAD_S = 1.0
 # scsynth logs every bundle that arrives after its time, by how much (s); lateness below
 # the onset tolerance does not change the clip and is not counted as a fault.
 LATE_TOLERANCE_S = 0.005  # in scsynth's own (accelerated) seconds, as it logs them
+# scsynth places each event on its samples by the event's time stamp, through a clock
+# it derives from the times its JACK callback runs, smoothed by a delay-locked loop of
+# 0.012 Hz bandwidth in the server's time (a 13 s time constant: 1.7 real s at x8).
+# When the callback's wake-up latency shifts (it waits for a busy core), the loop
+# follows slowly and meanwhile runs fast or slow against the samples, so events drift;
+# acceleration multiplies the latency. scsynth's /status reply holds the loop's current
+# sample rate, so the drift over a span is the integral of that rate's error. Measured
+# at x8 with 6 servers on 2 cores, 80 clips per run: 11-21 drifted more than 2.5 ms, up
+# to 16.5 ms, with no xrun and no late event to tell. On 26 metronomes among them the
+# integral matched the spread of the onsets (less their 1.45 ms control-block steps)
+# within 0.8 ms.
+CLOCK_POLL_S = 0.05  # real seconds between /status requests
+_STATUS_REQUEST = OscMessageBuilder("/status").build().dgram
 BOOTED_LINE = "Sonic Pi Server successfully booted."
 BOOT_FAILED_LINES = ("Failed to start server", "Unable to connect to SuperCollider",
                      "Port unavailable", "Exception when opening")
@@ -65,7 +85,7 @@ JACK_NAME_LOCKS = Path(os.environ.get("TMPDIR", "/tmp"))
 # Bash launcher: jackd first (the server only boots scsynth against a running JACK),
 # then exec the Ruby server so its pid is the launcher's pid.
 LAUNCHER = r"""
-jackd -n "$JACK_DEFAULT_SERVER" -d dummy -r %(rate)d -p %(period)d > "$SPG_DIR/jackd.log" 2>&1 &
+jackd -P %(priority)d -n "$JACK_DEFAULT_SERVER" -d dummy -r %(rate)d -p %(period)d > "$SPG_DIR/jackd.log" 2>&1 &
 echo $! > "$SPG_DIR/jackd.pid"
 for i in $(seq 200); do jack_lsp > /dev/null 2>&1 && break; sleep 0.05; done
 exec "%(ruby)s" "%(server_rb)s" -u "$@"
@@ -119,9 +139,18 @@ def sonic_pi_installed() -> bool:
 
 
 def _free_port_block(count: int) -> list[int]:
-    """`count` consecutive UDP ports on 127.0.0.1 that nobody holds right now."""
+    """`count` consecutive UDP ports on 127.0.0.1 that nobody holds right now.
+
+    Taken below the kernel's ephemeral range where it leaves room: a port free when
+    checked could otherwise be handed to any new socket (the other servers' OSC
+    clients) before this server binds it, and fail its boot."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 0
+    high = ephemeral_low - count if ephemeral_low - count > 20000 + 1000 else 60000 - count
     for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
+        base = random.randrange(20000, high)
         sockets = []
         try:
             for port in range(base, base + count):
@@ -175,6 +204,14 @@ def end_sessions(sids: set[int], grace_s: float = 3.0) -> None:
             time.sleep(0.05)
 
 
+def _release_when_gone(pid: int | None, lock, timeout_s: float = 60.0) -> None:
+    """Close `lock` once process `pid` has left the process table (or after timeout_s)."""
+    deadline = time.monotonic() + timeout_s
+    while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lock.close()
+
+
 def remove_faketime_shm(pid: int) -> None:
     """libfaketime leaves its shared memory behind when a process is killed; remove ours."""
     for name in (f"faketime_shm_{pid}", f"sem.faketime_sem_{pid}"):
@@ -182,6 +219,38 @@ def remove_faketime_shm(pid: int) -> None:
             os.unlink(f"/dev/shm/{name}")
         except FileNotFoundError:
             pass
+
+
+class AudioClock:
+    """scsynth's clock rate against its samples, as its /status replies report it."""
+
+    def __init__(self, history: int = 2400):  # two minutes of polls
+        self._samples: deque[tuple[float, float]] = deque(maxlen=history)
+        self._lock = threading.Lock()
+
+    def add(self, at: float, nominal_rate: float, measured_rate: float) -> None:
+        if nominal_rate > 0 and measured_rate > 0:
+            with self._lock:
+                # the loop's period is nominal / measured times the nominal one
+                self._samples.append((at, nominal_rate / measured_rate))
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def _between(self, start: float, end: float) -> list[tuple[float, float]]:
+        with self._lock:
+            return [(at, ratio) for at, ratio in self._samples if start < at <= end]
+
+    def drift_s(self, start: float, end: float, acceleration: float) -> float:
+        """The largest drift, in the server's seconds, between any two moments from
+        `start` to `end` (monotonic times): the spread of the integrated period error."""
+        phase = low = high = 0.0
+        previous = start
+        for at, ratio in self._between(start, end):
+            phase += (ratio - 1.0) * (at - previous) * acceleration
+            previous = at
+            low, high = min(low, phase), max(high, phase)
+        return high - low
 
 
 @dataclass
@@ -211,6 +280,7 @@ class SonicPiServer:
     jackd_pid: int | None = None
     messages: "queue.Queue[GuiMessage]" = field(default_factory=queue.Queue)
     idle: threading.Event = field(default_factory=threading.Event)  # no run going
+    clock: AudioClock = field(default_factory=AudioClock)
     version: str = "unknown"
     _faults: dict = field(default_factory=lambda: {"xrun": 0, "late": 0}, repr=False)
     _log_offsets: dict = field(default_factory=dict, repr=False)
@@ -263,7 +333,7 @@ class SonicPiServer:
         (shim_dir / "ruby").chmod(0o755)
         env["PATH"] = f"{shim_dir}{os.pathsep}{env.get('PATH', os.defpath)}"
         script = LAUNCHER % {"rate": SAMPLE_RATE, "period": JACK_PERIOD, "server_rb": SERVER_RB,
-                             "ruby": ruby}
+                             "ruby": ruby, "priority": JACK_PRIORITY}
         log = open(self.workdir / "server.log", "wb")
         self.launcher = subprocess.Popen(
             ["bash", "-c", script, "launcher", *map(str, self.ports)], env=env, stdout=log,
@@ -274,6 +344,7 @@ class SonicPiServer:
             self.on_spawn(self.scsynth_shm)  # scsynth's segment, left behind if it is killed
         try:
             self._wait_booted()
+            threading.Thread(target=self._poll_clock, args=(self._gui,), daemon=True).start()
             self.client = SimpleUDPClient("127.0.0.1", self.ports[0])
             self.run_code(f"set_sched_ahead_time! {self.sched_ahead_s:g}")
             self._warm_up()
@@ -333,6 +404,17 @@ class SonicPiServer:
                 return
         raise ServerError(f"the server's warm-up did not finish in {timeout_s:.0f} s")
 
+    def _poll_clock(self, gui) -> None:
+        """Ask scsynth for its status every CLOCK_POLL_S from the GUI socket, which
+        receives the replies, until the socket is closed."""
+        scsynth = ("127.0.0.1", self.ports[2])
+        while self._gui is gui:
+            try:
+                gui.socket.sendto(_STATUS_REQUEST, scsynth)
+            except OSError:
+                return
+            time.sleep(CLOCK_POLL_S)
+
     def _register_jackd(self) -> None:
         if self.jackd_pid is None and (self.workdir / "jackd.pid").exists():
             text = (self.workdir / "jackd.pid").read_text().strip()
@@ -388,20 +470,29 @@ class SonicPiServer:
         self._release()
 
     def _release(self) -> None:
-        """Close the GUI listener and give back the JACK name."""
+        """Close the GUI listener and give back the JACK name, once its jackd is gone."""
         if getattr(self, "_gui", None):
             self._gui.shutdown()
             self._gui.server_close()
             self._gui = None
-        if getattr(self, "_jack_lock", None):
-            self._jack_lock.close()
-            self._jack_lock = None
+        lock, self._jack_lock = getattr(self, "_jack_lock", None), None
+        if lock is not None:
+            # An ended jackd is orphaned (its parent, the Ruby server, has exited) and
+            # stays a zombie until init reaps it (seconds here). JACK takes a zombie's
+            # pid for a live server of that name ("server already active"), so the name
+            # is given back only when the pid is gone.
+            threading.Thread(target=_release_when_gone, args=(self.jackd_pid, lock),
+                             daemon=True).start()
 
     # -- OSC -----------------------------------------------------------------------
 
     def _listen_gui(self, port: int) -> None:
         """Receive what the server sends its GUI: errors, log lines, run completion."""
         def receive(address, *args):
+            if address == "/status.reply":  # scsynth's, to _poll_clock
+                if len(args) >= 9:
+                    self.clock.add(time.monotonic(), args[7], args[8])
+                return
             if address == "/runs/all-completed":
                 self.idle.set()
             self.messages.put(GuiMessage(time.monotonic(), address, args))

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from renderer.clip import CLIP_FRAMES, render_clip
+from renderer.clip import CLIP_FRAMES, MAX_CLOCK_DRIFT_S, SCHEDULING_FAULTS, render_clip
 from renderer.fidelity import METRONOME, check_fidelity, grid_error, onset_times
 from renderer.render import read_status, render_programs
 from renderer.server import SonicPiServer, sonic_pi_installed
@@ -64,8 +64,25 @@ def server(tmp_path_factory):
     assert wait_until(lambda: not stack_processes(root), 10), stack_processes(root)
 
 
+def render_retrying_faults(server, code, attempts=3, **options):
+    """render_clip, retrying a scheduling fault as the batch renderer does: a machine
+    that stalls now and then must not fail a timing test by itself."""
+    for _ in range(attempts):
+        result = render_clip(server, code, **options)
+        if result.status not in SCHEDULING_FAULTS:
+            break
+    return result
+
+
+def test_scsynth_clock_is_polled_and_steady_on_an_idle_server(server):
+    before, start = len(server.clock), time.monotonic()
+    time.sleep(1.0)
+    assert len(server.clock) - before >= 10, "scsynth's status is polled every 50 ms"
+    assert server.clock.drift_s(start, time.monotonic(), server.acceleration) < MAX_CLOCK_DRIFT_S
+
+
 def test_metronome_lands_on_the_grid_and_the_clip_is_exactly_18_s(server):
-    result = render_clip(server, METRONOME)
+    result = render_retrying_faults(server, METRONOME)
     assert result.status == "ok", result.message
     assert result.audio.shape == (CLIP_FRAMES, 2) == (793800, 2)
     onsets = onset_times(result.audio)
@@ -75,7 +92,7 @@ def test_metronome_lands_on_the_grid_and_the_clip_is_exactly_18_s(server):
 
 
 def test_program_setting_its_own_bpm_keeps_it(server):
-    result = render_clip(server, "use_bpm 60\nlive_loop :m do\n  play 84, release: 0.05\n  sleep 1\nend\n")
+    result = render_retrying_faults(server, "use_bpm 60\nlive_loop :m do\n  play 84, release: 0.05\n  sleep 1\nend\n")
     onsets = onset_times(result.audio)
     assert np.allclose(np.diff(onsets)[:10], 1.0, atol=0.003)
 
@@ -98,7 +115,7 @@ def test_unknown_synth_is_a_runtime_error(server):
 
 
 def test_silent_program_is_flagged_not_written(server):
-    result = render_clip(server, "live_loop :quiet do\n  play 60, amp: 0\n  sleep 1\nend\n")
+    result = render_retrying_faults(server, "live_loop :quiet do\n  play 60, amp: 0\n  sleep 1\nend\n")
     assert result.status == "silent" and result.audio is None
     assert result.levels["peak_dbfs"] < -60
 
@@ -107,7 +124,7 @@ def test_loud_program_is_flagged_clipped_but_kept(server):
     # Sonic Pi's own mixer limits most loud programs; a driven distortion gets through.
     loud = ("with_fx :distortion, distort: 0.9, amp: 2 do\n live_loop :loud do\n  play chord(:e2, "
             ":minor7), amp: 2, attack: 0, sustain: 1, release: 0\n  sleep 1\n end\nend\n")
-    result = render_clip(server, loud, max_full_scale=0.001)
+    result = render_retrying_faults(server, loud, max_full_scale=0.001)
     assert result.status == "ok" and result.message.startswith("clipped")
     assert result.levels["full_scale_fraction"] > 0.001
 
@@ -138,7 +155,8 @@ def test_resume_after_a_killed_run_renders_only_what_was_missing(programs, tmp_p
     summary = render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)
     assert summary.skipped == len(done) and summary.rendered == 4 - len(done)
     rows = pq.read_table(out / "status.parquet").to_pylist()
-    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), \
+        [(r["status"], r["message"]) for r in rows]
     for row in rows:
         audio, rate = sf.read(out / row["path"], dtype="int16")
         assert audio.shape == (793800, 2) and rate == 44100 and row["sonic_pi_version"] == "3.2.2"

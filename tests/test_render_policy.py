@@ -6,6 +6,7 @@ import pytest
 
 import renderer.render as render
 from renderer.clip import ClipResult
+from renderer.server import AudioClock
 from renderer.render import _Task, _TaskQueue, next_attempt
 
 JOB = render.Job("id", "t", "play 60")
@@ -28,8 +29,10 @@ def test_timing_error_is_retried_at_the_same_speed_then_slower_down_to_real_time
     assert attempts(["timing"] * 5, max_attempts=5)[0] == [8.0, 8.0, 4.0, 2.0, 1.0]
 
 
-def test_xrun_is_retried_at_the_same_speed_once_then_slower():
+def test_xrun_is_retried_at_the_same_speed_once_then_slower_and_drift_at_the_same_speed():
     assert attempts(["xrun", "late", "xrun", "ok"])[0] == [8.0, 8.0, 4.0, 2.0]
+    assert attempts(["drift", "xrun", "drift", "late", "ok"], max_attempts=5)[0] == \
+        [8.0, 8.0, 8.0, 8.0, 4.0]
 
 
 def test_timeouts_and_dead_servers_retry_at_the_same_speed():
@@ -41,6 +44,8 @@ def test_program_errors_are_final_and_attempts_are_bounded():
         assert attempts([status, "ok"]) == ([8.0], None)
     tried, task = attempts(["xrun"] * 10, max_attempts=3)
     assert tried == [8.0, 8.0, 4.0] and task is None
+    tried, task = attempts(["drift"] * 10, max_attempts=4)
+    assert tried == [8.0] * 4 and task is None
 
 
 def test_queue_prefers_the_workers_factor_then_the_fastest():
@@ -112,3 +117,20 @@ def test_workers_reboot_once_per_factor_and_retries_wait_for_the_fast_work(monke
     assert rendered[:3] == [("0", 16.0), ("1", 16.0), ("1", 16.0)]
     assert rendered[-1] == ("1", 8.0) and len(rendered) == 10
     assert batch.rows["1"]["attempts"] == 3 and batch.rows["1"]["acceleration"] == 8.0
+
+
+def test_audio_clock_drift_integrates_the_rate_error_over_the_span():
+    clock = AudioClock()
+    # scsynth measured 44100.441 Hz (10 ppm fast: its period 10 ppm short) for 1 real s,
+    # then nominal; at x8 that is 8 server seconds of drift at -10 ppm: 80 us
+    for i in range(1, 41):
+        clock.add(i * 0.05, 44100.0, 44100.441 if i <= 20 else 44100.0)
+    assert clock.drift_s(0.0, 2.0, 8.0) == pytest.approx(80e-6, rel=1e-3)
+    assert clock.drift_s(1.0, 2.0, 8.0) == pytest.approx(0.0, abs=1e-12)  # after the error
+    # a swing there and back counts whole: the largest distance between two moments
+    swing = AudioClock()
+    for i in range(1, 41):
+        swing.add(i * 0.05, 44100.0, 44100.441 if i <= 20 else 44099.559)
+    assert swing.drift_s(0.0, 2.0, 8.0) == pytest.approx(80e-6, rel=1e-3)
+    assert swing.drift_s(0.0, 2.0, 8.0) > swing.drift_s(0.0, 2.0, 1.0)
+    assert AudioClock().drift_s(0.0, 2.0, 8.0) == 0.0  # no replies: nothing to tell
