@@ -116,12 +116,20 @@ class ServerError(RuntimeError):
 
 
 def _claim_jack_name() -> tuple[str, object]:
-    """A free name from the pool and its held lock (released when the file is closed)."""
+    """A free name from the pool and its held lock (released when the file is closed).
+
+    The lock file holds the pid of the name's last jackd (see _release): a name whose
+    jackd is still in the process table, if only as a zombie, is not free to JACK."""
     for slot in range(JACK_SLOTS):
-        lock = open(JACK_NAME_LOCKS / f"sonicpi-gen-jack-{slot}.lock", "w")
+        lock = open(JACK_NAME_LOCKS / f"sonicpi-gen-jack-{slot}.lock", "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            lock.close()
+            continue
+        lock.seek(0)
+        last = lock.read().strip()
+        if last.isdigit() and _is_jackd(int(last)):
             lock.close()
             continue
         return f"sonicpi-gen-{slot}", lock
@@ -202,6 +210,13 @@ def end_sessions(sids: set[int], grace_s: float = 3.0) -> None:
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and _session_members(sids):
             time.sleep(0.05)
+
+
+def _is_jackd(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "jackd"
+    except OSError:
+        return False
 
 
 def _release_when_gone(pid: int | None, lock, timeout_s: float = 60.0) -> None:
@@ -420,6 +435,12 @@ class SonicPiServer:
             text = (self.workdir / "jackd.pid").read_text().strip()
             if text:
                 self.jackd_pid = int(text)
+                lock = getattr(self, "_jack_lock", None)
+                if lock is not None:  # for _claim_jack_name, in any process
+                    lock.seek(0)
+                    lock.truncate()
+                    lock.write(f"{self.jackd_pid}\n")
+                    lock.flush()
                 if self.on_spawn:
                     self.on_spawn(self.jackd_pid)  # jackd makes its own session
 
@@ -480,7 +501,8 @@ class SonicPiServer:
             # An ended jackd is orphaned (its parent, the Ruby server, has exited) and
             # stays a zombie until init reaps it (seconds here). JACK takes a zombie's
             # pid for a live server of that name ("server already active"), so the name
-            # is given back only when the pid is gone.
+            # is given back only when the pid is gone (and, should this process exit
+            # first, the pid in the lock file keeps it from other renders meanwhile).
             threading.Thread(target=_release_when_gone, args=(self.jackd_pid, lock),
                              daemon=True).start()
 
