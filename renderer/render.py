@@ -231,10 +231,10 @@ class _TaskQueue:
         self._by_factor: dict[float, deque] = {}
         self._in_flight = 0
 
-    def put(self, task: _Task, retry: bool = False) -> None:
+    def put(self, task: _Task, front: bool = False) -> None:
         with self._cond:
             tasks = self._by_factor.setdefault(task.factor, deque())
-            tasks.appendleft(task) if retry else tasks.append(task)
+            tasks.appendleft(task) if front else tasks.append(task)
             self._cond.notify_all()
 
     def get(self, factor: float) -> _Task | None:
@@ -342,7 +342,10 @@ class _Worker(threading.Thread):
         if retry.factor != task.factor:
             logger.info("%s: %s at x%g, retrying at x%g", task.job.id, result.status, task.factor,
                         retry.factor)
-        self.batch.tasks.put(retry, retry=True)
+        # A drift comes from a stretch of machine stalls (measured: clustered in the
+        # batch's first seconds, when the servers boot side by side and the CPU is
+        # full), so its retry goes to the back of the queue, not straight back in.
+        self.batch.tasks.put(retry, front=result.status != "drift")
 
 
 @dataclass

@@ -115,24 +115,33 @@ class ServerError(RuntimeError):
     """The server failed to boot, died, or stopped answering."""
 
 
-def _claim_jack_name() -> tuple[str, object]:
+def _claim_jack_name(wait_s: float = 30.0) -> tuple[str, object]:
     """A free name from the pool and its held lock (released when the file is closed).
 
     The lock file holds the pid of the name's last jackd (see _release): a name whose
-    jackd is still in the process table, if only as a zombie, is not free to JACK."""
-    for slot in range(JACK_SLOTS):
-        lock = open(JACK_NAME_LOCKS / f"sonicpi-gen-jack-{slot}.lock", "a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            continue
-        lock.seek(0)
-        last = lock.read().strip()
-        if last.isdigit() and _is_jackd(int(last)):
-            lock.close()
-            continue
-        return f"sonicpi-gen-{slot}", lock
+    jackd is still in the process table, if only as a zombie, is not free to JACK. When
+    only such names are left, this waits up to `wait_s` for init to reap them."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        reaping = False
+        for slot in range(JACK_SLOTS):
+            lock = open(JACK_NAME_LOCKS / f"sonicpi-gen-jack-{slot}.lock", "a+")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                reaping |= slot in _RELEASING  # this render's, waiting in _release_when_gone
+                continue
+            lock.seek(0)
+            last = lock.read().strip()
+            if last.isdigit() and _is_jackd(int(last)):
+                lock.close()
+                reaping = True
+                continue
+            return f"sonicpi-gen-{slot}", lock
+        if not reaping or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     raise ServerError(f"all {JACK_SLOTS} JACK server names are in use by running renders "
                       f"(JACK allows {JACK_SLOTS} servers per machine): use fewer --workers")
 
@@ -219,12 +228,19 @@ def _is_jackd(pid: int) -> bool:
         return False
 
 
-def _release_when_gone(pid: int | None, lock, timeout_s: float = 60.0) -> None:
-    """Close `lock` once process `pid` has left the process table (or after timeout_s)."""
-    deadline = time.monotonic() + timeout_s
-    while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    lock.close()
+_RELEASING: set[int] = set()  # JACK name slots whose lock waits in _release_when_gone
+
+
+def _release_when_gone(pid: int | None, lock, slot: int, timeout_s: float = 60.0) -> None:
+    """Close `lock` once process `pid` has left the process table (or after timeout_s);
+    the caller has put `slot` in _RELEASING."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        lock.close()
+        _RELEASING.discard(slot)
 
 
 def remove_faketime_shm(pid: int) -> None:
@@ -503,7 +519,9 @@ class SonicPiServer:
             # pid for a live server of that name ("server already active"), so the name
             # is given back only when the pid is gone (and, should this process exit
             # first, the pid in the lock file keeps it from other renders meanwhile).
-            threading.Thread(target=_release_when_gone, args=(self.jackd_pid, lock),
+            slot = int(self.jack_name.rsplit("-", 1)[1])
+            _RELEASING.add(slot)
+            threading.Thread(target=_release_when_gone, args=(self.jackd_pid, lock, slot),
                              daemon=True).start()
 
     # -- OSC -----------------------------------------------------------------------

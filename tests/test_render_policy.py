@@ -71,7 +71,7 @@ def test_queue_waits_for_tasks_in_flight_that_may_come_back():
     waiter.join(timeout=0.3)
     assert waiter.is_alive(), "another worker must wait: the task in flight may be retried"
     first.hiccups = 1
-    q.put(next_attempt(first, ClipResult("timing"), 4), retry=True)
+    q.put(next_attempt(first, ClipResult("timing"), 4), front=True)
     q.done()
     waiter.join(timeout=5)
     assert got[0].factor == 8.0 and got[0].job is JOB
