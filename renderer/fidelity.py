@@ -29,9 +29,10 @@ logger = logging.getLogger(__name__)
 # clip loop only: 4 servers at x16 rendered 32.7x real time, but Ruby's own waits (5 s
 # of Sonic Pi's time, a third of a real second at x16) timed out now and then and
 # metronome onsets strayed up to 15 ms; 6 servers at x8 (headroom 0.4 s) rendered 33.5x
-# with every clip ok. With the defaults (6 workers, x8, headroom 0.3 s) bench_render's
-# 6 metronomes among 54 programs stayed within 2.34 ms. So auto stops at x8; a user may
-# ask for more.
+# with every clip ok. Since every clip is checked for clock drift (see
+# renderer.server.CLOCK_POLL_S), bench_render with the defaults (6 workers, x8,
+# headroom 0.3 s) kept its 6 metronomes within 2.02 ms, retrying 14 of 60 clips; 8
+# workers at x8 had 30 of 60 retried. So auto stops at x8; a user may ask for more.
 CANDIDATE_FACTORS = (8, 4)
 CALIBRATION_VERSION = 3  # bumped when the clip protocol or the candidates change
 FALLBACK_FACTOR = 8.0  # used when calibration itself cannot run

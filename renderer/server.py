@@ -92,12 +92,11 @@ exec "%(ruby)s" "%(server_rb)s" -u "$@"
 """
 # Sonic Pi records the pid of every process it starts by running a second Ruby,
 # `ruby task-register.rb PID`, and waits for it: four per boot, each loading Sonic Pi's
-# core and gems (0.17 s each). The
-# record is a file in $TMPDIR/sonic-pi-pids named by the pid and holding its command
-# line, read back only to check a pid before killing it. This stand-in, first on the
-# server's PATH, writes the same file from the shell; every other Ruby command goes to
-# Ruby. It touches nothing that makes sound. Measured at x8: one boot from 2.4 to 1.7
-# CPU-s, six side by side from 10.3 to 8.4 s.
+# core and gems (0.17 s each). The record is a file in $TMPDIR/sonic-pi-pids named by
+# the pid and holding its command line, read back only to check a pid before killing
+# it. This stand-in, first on the server's PATH, writes the same file from the shell;
+# every other Ruby command goes to Ruby. It touches nothing that makes sound. Measured
+# at x8: one boot from 2.4 to 1.7 CPU-s, six side by side from 10.3 to 8.4 s.
 RUBY_SHIM = r"""#!/bin/sh
 case "$1" in
   */task-register.rb)
