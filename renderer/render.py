@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from renderer.clip import (BARS, BPM, CLIP_SECONDS, DEFAULT_MAX_FULL_SCALE, FINAL_STATUSES,
-                           ClipResult, render_clip)
-from renderer.server import JACK_SLOTS, SAMPLE_RATE, ServerError, SonicPiServer
+                           SCHEDULING_FAULTS, ClipResult, render_clip)
+from renderer.server import CLOCK_SETTLE_S, JACK_SLOTS, SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class _Task:
     job: Job
     factor: float
     attempts: int = 0  # made so far
-    hiccups: int = 0  # of those, ended by an xrun, a late event or a timing error
+    hiccups: int = 0  # of those, ended by a scheduling fault or a timing error
 
 
 def _slower(factor: float, divisor: float) -> float:
@@ -196,22 +196,19 @@ def _slower(factor: float, divisor: float) -> float:
 def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | None:
     """The retry policy: the task's next attempt after `result`, or None if it was the last.
 
-    - xrun, late event, "too far behind time" (the machine or Ruby did not keep up):
-      once more at the same speed, since on a busy machine it is mostly a passing load
-      (measured: programs that failed so among 6 servers rendered clean alone); then at
-      half the speed each time, down to real time (where "behind time" is the program's
-      own error, see _Worker).
-    - clock drift: the same speed. It comes from the machine stalling every process
-      now and then (measured here: the top real-time priority woken up to 24 ms late
-      under load), not from the program; a slower factor would only halve its effect,
-      at the cost of booting a server, mostly at the end of a batch.
+    - xrun, late event, clock drift, "too far behind time" (the machine, scsynth or
+      Ruby did not keep up): once more at the same speed, since on a busy machine it is
+      mostly a passing load (measured: programs that failed so among 6 servers rendered
+      clean alone); then at half the speed each time, down to real time (where "behind
+      time" is the program's own error, see _Worker). A heavy program can drift at x8
+      on an idle machine (the fidelity reference: 5.1, 3.7, 2.5 and 56 ms in a row).
     - time-out or dead server: the same speed on a fresh server.
     Program errors, silence and ok clips are final, and so is the last allowed attempt.
     """
     if not result.retryable or task.attempts >= max_attempts:
         return None
     factor, hiccups = task.factor, task.hiccups
-    if result.status in ("xrun", "late", "timing"):
+    if result.status in ("timing", *SCHEDULING_FAULTS):
         hiccups += 1
         if hiccups > 1:
             factor = _slower(factor, 2)
@@ -265,6 +262,7 @@ class _Worker(threading.Thread):
         self.server: SonicPiServer | None = None
         self.error: BaseException | None = None
         self.version = "unknown"  # Sonic Pi version of the last server booted
+        self.boots = 0
 
     def _start_server(self, acceleration: float) -> SonicPiServer:
         """Boot this worker's server, retrying failed boots.
@@ -279,8 +277,10 @@ class _Worker(threading.Thread):
         for attempt in range(1, BOOT_ATTEMPTS + 1):
             if self.batch.stop.is_set():
                 raise ServerError("stopping")
+            # a server replacing one mid-batch lets its clock settle (see CLOCK_SETTLE_S)
             server = SonicPiServer(self.batch.work_dir / f"worker-{self.index}", acceleration,
-                                   self.batch.headroom_s, on_spawn=self.batch.watchdog.register)
+                                   self.batch.headroom_s, on_spawn=self.batch.watchdog.register,
+                                   settle_s=CLOCK_SETTLE_S if self.boots else 0.0)
             self.server = server  # so that Ctrl-C can end it mid-boot
             try:
                 server.boot()
@@ -292,6 +292,7 @@ class _Worker(threading.Thread):
                                self.index, attempt, acceleration, str(err).splitlines()[0])
                 continue
             self.version = server.version
+            self.boots += 1
             return server
         raise AssertionError("unreachable")
 

@@ -71,6 +71,15 @@ LATE_TOLERANCE_S = 0.005  # in scsynth's own (accelerated) seconds, as it logs t
 # integral matched the spread of the onsets (less their 1.45 ms control-block steps)
 # within 0.8 ms.
 CLOCK_POLL_S = 0.05  # real seconds between /status requests
+# After a boot the clock drifts most for some seconds, even on an idle machine
+# (measured, one server at x8 or x4, clip after clip: 2.5-2.8, 2.3, 1.3, then below
+# 0.3 ms; 6 servers booted side by side, first clips 6.9 and 4.1 ms when rendering
+# began 2.5 s after the boots, 0.1-0.3 ms when 5 s after). Servers that render a few
+# clips (the fidelity check) or replace one mid-batch wait this long (real seconds)
+# before their first clip. A batch's first servers do not: when all start rendering
+# together the load's own step makes their first clips drift anyway (measured: 4 of 6
+# drifted with the wait), so the wait would only delay the retries.
+CLOCK_SETTLE_S = 5.0
 _STATUS_REQUEST = OscMessageBuilder("/status").build().dgram
 BOOTED_LINE = "Sonic Pi Server successfully booted."
 BOOT_FAILED_LINES = ("Failed to start server", "Unable to connect to SuperCollider",
@@ -305,6 +314,7 @@ class SonicPiServer:
     acceleration: float = 1.0
     headroom_s: float = 0.3
     on_spawn: object = None  # callback(sid or shm path) so a watchdog can clean up if we die
+    settle_s: float = 0.0  # real seconds an accelerated server waits after boot (CLOCK_SETTLE_S)
     ports: list = field(default_factory=list)
     launcher: subprocess.Popen | None = None
     jackd_pid: int | None = None
@@ -378,6 +388,8 @@ class SonicPiServer:
             self.client = SimpleUDPClient("127.0.0.1", self.ports[0])
             self.run_code(f"set_sched_ahead_time! {self.sched_ahead_s:g}")
             self._warm_up()
+            if self.acceleration > 1:
+                time.sleep(self.settle_s)
         except BaseException:
             self.shutdown()
             raise
