@@ -343,7 +343,7 @@ class _Worker(threading.Thread):
         if retry.factor != task.factor:
             logger.info("%s: %s at x%g, retrying at x%g", task.job.id, result.status, task.factor,
                         retry.factor)
-        # A drift comes from a stretch of machine stalls (measured: clustered in the
+        # Drifts come mostly in stretches of machine stalls (measured: clustered in the
         # batch's first seconds, when the servers boot side by side and the CPU is
         # full), so its retry goes to the back of the queue, not straight back in.
         self.batch.tasks.put(retry, front=result.status != "drift")
