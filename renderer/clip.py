@@ -181,7 +181,7 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     # 1.1 s of its time before freeing its synths; a new run started before that competes
     # with the freeing for Ruby's event thread (measured: its waits for scsynth time out
     # under acceleration) and the old run's tail can sound in its recording.
-    server.wait_idle(10 + RUN_FADE_S / speed)
+    _wait_runs_ended(server)
     faults_before = server.scheduling_faults()
     server.drain_messages()
     server.run_code(wrap_program(code, take, sched_ahead, stop_ahead))
@@ -197,7 +197,7 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     recording = _read_take(take)
     # Faults are counted once the run has ended: JACK logs an xrun a moment after it
     # happened, and one missed here would pass a clip whose later events were shifted.
-    server.wait_idle(10 + RUN_FADE_S / speed)
+    _wait_runs_ended(server)
     faults = {k: n - faults_before[k] for k, n in server.scheduling_faults().items()}
     if faults["xrun"]:
         return ClipResult("xrun", f"{faults['xrun']} JACK xruns at x{speed:g}: scsynth missed "
@@ -223,6 +223,16 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
                       time.monotonic() - started)
 
 
+def _wait_runs_ended(server: SonicPiServer) -> None:
+    """Wait for the stopped runs' fade-out (RUN_FADE_S of the server's time) to end."""
+    server.wait_idle(10 + RUN_FADE_S / server.acceleration)
+
+
+def _error_text(msg) -> str:
+    """The user-facing text of a server /error or /syntax_error message."""
+    return clean_message(str(msg.args[1]) if len(msg.args) > 1 else str(msg.args))
+
+
 def _saved(msg, take: Path) -> bool:
     return msg.address == "/log/info" and any(f"Saving recording to {take}" in str(a) for a in msg.args)
 
@@ -241,7 +251,7 @@ def _wait_for_save(server: SonicPiServer, take: Path, timeout_s: float) -> ClipR
         except queue.Empty:
             continue
         if msg.address in ("/error", "/syntax_error"):
-            text = clean_message(str(msg.args[1]) if len(msg.args) > 1 else str(msg.args))
+            text = _error_text(msg)
             if TIMING_ERROR_RE.search(text):
                 return ClipResult("timing", text)
             kind = "syntax_error" if "SyntaxError" in text or msg.address == "/syntax_error" else "runtime_error"
@@ -264,7 +274,7 @@ def _discard_recording(server: SonicPiServer, take: Path, stop_ahead_s: float) -
     its time for the recorder to stop, and the GUI's stop and save would schedule that
     a whole headroom ahead."""
     server.stop_runs()
-    server.wait_idle(10 + RUN_FADE_S / server.acceleration)
+    _wait_runs_ended(server)
     server.drain_messages()  # the failed run's other messages
     server.run_code(f"use_sched_ahead_time {stop_ahead_s:.6f}; recording_save {ruby_string(take)}")
     deadline = time.monotonic() + 10.0
@@ -277,7 +287,7 @@ def _discard_recording(server: SonicPiServer, take: Path, stop_ahead_s: float) -
             continue
         if msg.address == "/error":  # nothing else runs now: the save itself failed
             raise ServerError("the server could not stop its recorder: "
-                              + clean_message(str(msg.args[1]) if len(msg.args) > 1 else str(msg.args)))
+                              + _error_text(msg))
         if _saved(msg, take) or (msg.address == "/log/info" and "No recording to save" in str(msg.args)):
             take.unlink(missing_ok=True)
             return
