@@ -163,32 +163,54 @@ def sonic_pi_installed() -> bool:
     return SERVER_RB.exists() and shutil.which("jackd") is not None and shutil.which("scsynth") is not None
 
 
-def _free_port_block(count: int) -> list[int]:
-    """`count` consecutive UDP ports on 127.0.0.1 that nobody holds right now.
+# Port blocks handed to this process's servers and not yet given back. Several workers
+# boot at once: a block that is free when checked is bound by its server's processes
+# only seconds later, and one worker's check sockets could meanwhile sit on another
+# worker's ports (a CI run failed its GUI bind on exactly that).
+_PORTS_LOCK = threading.Lock()
+_PORTS_TAKEN: set[int] = set()
 
-    Taken below the kernel's ephemeral range where it leaves room: a port free when
-    checked could otherwise be handed to any new socket (the other servers' OSC
-    clients) before this server binds it, and fail its boot."""
+
+def _port_range() -> tuple[int, int]:
+    """Where server ports are drawn: below the kernel's ephemeral range where it leaves
+    room, since a port free when checked could otherwise be handed to any new socket
+    (the other servers' OSC clients) before this server binds it."""
     try:
         ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_low = 0
-    high = ephemeral_low - count if ephemeral_low - count > 20000 + 1000 else 60000 - count
-    for _ in range(200):
-        base = random.randrange(20000, high)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return list(range(base, base + count))
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
+    return 20000, ephemeral_low if ephemeral_low > 20000 + 1000 else 60000
+
+
+def _take_port_block(count: int) -> list[int]:
+    """`count` consecutive UDP ports on 127.0.0.1 that nobody holds right now and no
+    other server of this process was given; `_give_back_ports` returns them."""
+    low, high = _port_range()
+    with _PORTS_LOCK:
+        for _ in range(200):
+            start = random.randrange(low, high - count)
+            block = range(start, start + count)
+            if _PORTS_TAKEN.intersection(block):
+                continue
+            sockets = []
+            try:
+                for port in block:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    sockets.append(s)
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            finally:
+                for s in sockets:
+                    s.close()
+            _PORTS_TAKEN.update(block)
+            return list(block)
     raise ServerError("no free block of UDP ports on 127.0.0.1")
+
+
+def _give_back_ports(ports) -> None:
+    with _PORTS_LOCK:
+        _PORTS_TAKEN.difference_update(ports)
 
 
 def _session_members(sids: set[int]) -> list[int]:
@@ -348,9 +370,16 @@ class SonicPiServer:
             (self.workdir / sub).mkdir(parents=True)
         # server, gui, scsynth, scsynth-send (must equal scsynth), osc-cues, erlang,
         # midi-out, midi-in, websocket: the argument order of sonic-pi-server.rb.
-        block = _free_port_block(8)
-        self.ports = [block[0], block[1], block[2], block[2], *block[3:8]]
-        self._listen_gui(self.ports[1])
+        for attempt in range(5):
+            block = _take_port_block(8)
+            self.ports = [block[0], block[1], block[2], block[2], *block[3:8]]
+            try:
+                self._listen_gui(self.ports[1])
+                break
+            except OSError:  # another process bound it after the check: draw again
+                _give_back_ports(block)
+                if attempt == 4:
+                    raise ServerError("could not bind a GUI port on 127.0.0.1 in 5 tries")
         try:
             self.jack_name, self._jack_lock = _claim_jack_name()
         except ServerError:
@@ -523,6 +552,7 @@ class SonicPiServer:
             self._gui.shutdown()
             self._gui.server_close()
             self._gui = None
+        _give_back_ports(self.ports)
         lock, self._jack_lock = getattr(self, "_jack_lock", None), None
         if lock is not None:
             # An ended jackd is orphaned (its parent, the Ruby server, has exited) and

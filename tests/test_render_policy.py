@@ -133,3 +133,25 @@ def test_audio_clock_drift_integrates_the_rate_error_over_the_span():
     assert swing.drift_s(0.0, 2.0, 8.0) == pytest.approx(80e-6, rel=1e-3)
     assert swing.drift_s(0.0, 2.0, 8.0) > swing.drift_s(0.0, 2.0, 1.0)
     assert AudioClock().drift_s(0.0, 2.0, 8.0) == 0.0  # no replies: nothing to tell
+
+
+def test_port_blocks_given_to_concurrent_boots_never_overlap_until_given_back():
+    from renderer import server
+
+    blocks = []
+    def take():
+        for _ in range(50):
+            blocks.append(server._take_port_block(8))
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ports = [port for block in blocks for port in block]
+    assert len(ports) == len(set(ports)) == 200 * 8
+    assert all(block == list(range(block[0], block[0] + 8)) for block in blocks)
+    low, high = server._port_range()
+    assert low <= min(ports) and max(ports) < high
+    for block in blocks:
+        server._give_back_ports(block)
+    assert not server._PORTS_TAKEN.intersection(ports)
