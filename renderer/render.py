@@ -193,24 +193,33 @@ def _slower(factor: float, divisor: float) -> float:
     return max([f for f in SLOWER_FACTORS if f <= max(factor / divisor, 1)], default=1)
 
 
+# How many times a failure is retried at the same speed before the next attempts slow
+# down. Scheduling faults come from the machine, in stretches (measured: the same
+# programs went on to drift at x4 while six servers rebooted around them, and rendered
+# clean at x8 later), so they get two; "behind time" is a heavy program's, so one.
+SAME_SPEED_RETRIES = {"timing": 1, **{fault: 2 for fault in SCHEDULING_FAULTS}}
+
+
 def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | None:
     """The retry policy: the task's next attempt after `result`, or None if it was the last.
 
-    - xrun, late event, clock drift, "too far behind time" (the machine, scsynth or
-      Ruby did not keep up): once more at the same speed, since on a busy machine it is
-      mostly a passing load (measured: programs that failed so among 6 servers rendered
-      clean alone); then at half the speed each time, down to real time (where "behind
-      time" is the program's own error, see _Worker). A heavy program can drift at x8
-      on an idle machine (the fidelity reference: 5.1, 3.7, 2.5 and 56 ms in a row).
+    - xrun, late event, clock drift (the machine or scsynth did not keep time): twice
+      more at the same speed, since on a busy machine it is mostly a passing load
+      (measured: programs that failed so among 6 servers rendered clean alone); then at
+      half the speed each time. A heavy program can drift at x8 on an idle machine (the
+      fidelity reference: 5.1, 3.7, 2.5 and 56 ms in a row).
+    - "too far behind time" (Ruby did not keep up): once more at the same speed, then
+      half the speed each time, down to real time (where it is the program's own
+      error, see _Worker).
     - time-out or dead server: the same speed on a fresh server.
     Program errors, silence and ok clips are final, and so is the last allowed attempt.
     """
     if not result.retryable or task.attempts >= max_attempts:
         return None
     factor, hiccups = task.factor, task.hiccups
-    if result.status in ("timing", *SCHEDULING_FAULTS):
+    if result.status in SAME_SPEED_RETRIES:
         hiccups += 1
-        if hiccups > 1:
+        if hiccups > SAME_SPEED_RETRIES[result.status]:
             factor = _slower(factor, 2)
     return replace(task, factor=factor, hiccups=hiccups)
 
@@ -219,14 +228,17 @@ class _TaskQueue:
     """Tasks grouped by factor. A worker takes tasks at its server's factor while there
     are any, else the fastest waiting (and reboots its server at that factor): retries at
     slower factors collect until the fast work runs out, so a server is rebooted once per
-    factor, not once per retried clip. `get` waits while other workers' tasks may still
-    come back for a retry."""
+    factor, not once per retried clip. No more workers move to a factor than it has
+    tasks waiting: a boot is seconds of CPU on a machine whose other servers are
+    rendering, and six reboots for two retries stalled the clips around them. `get`
+    waits while other workers' tasks may still come back for a retry."""
 
     def __init__(self, stop: threading.Event):
         self._stop = stop
         self._cond = threading.Condition()
         self._by_factor: dict[float, deque] = {}
         self._in_flight = 0
+        self._worker_factors: dict[int, float] = {}  # the factor each worker last took
 
     def put(self, task: _Task, front: bool = False) -> None:
         with self._cond:
@@ -234,22 +246,38 @@ class _TaskQueue:
             tasks.appendleft(task) if front else tasks.append(task)
             self._cond.notify_all()
 
-    def get(self, factor: float) -> _Task | None:
+    def get(self, factor: float, worker: int = 0) -> _Task | None:
         """The next task for a worker whose server runs at `factor`; None when all is done."""
         with self._cond:
             while not self._stop.is_set():
-                waiting = [f for f, tasks in self._by_factor.items() if tasks]
-                if waiting or not self._in_flight:
+                waiting = {f: len(tasks) for f, tasks in self._by_factor.items() if tasks}
+                if not waiting and not self._in_flight:
+                    return None
+                if factor in waiting:
+                    chosen = factor
+                    break
+                # the fastest factor that has more tasks waiting than workers at it
+                movable = [f for f, count in waiting.items() if count > sum(
+                    1 for w, wf in self._worker_factors.items() if wf == f and w != worker)]
+                if movable:
+                    chosen = max(movable)
                     break
                 self._cond.wait(timeout=0.5)
-            if self._stop.is_set() or not waiting:
+            else:
                 return None
             self._in_flight += 1
-            return self._by_factor[factor if factor in waiting else max(waiting)].popleft()
+            self._worker_factors[worker] = chosen
+            return self._by_factor[chosen].popleft()
 
     def done(self) -> None:
         with self._cond:
             self._in_flight -= 1
+            self._cond.notify_all()
+
+    def leave(self, worker: int) -> None:
+        """A worker has stopped: its factor's tasks are free for the others."""
+        with self._cond:
+            self._worker_factors.pop(worker, None)
             self._cond.notify_all()
 
 
@@ -306,7 +334,7 @@ class _Worker(threading.Thread):
         try:
             while True:
                 factor = self.server.acceleration if self.server else self.batch.acceleration
-                task = tasks.get(factor)
+                task = tasks.get(factor, self.index)
                 if task is None:
                     return
                 try:
@@ -316,6 +344,7 @@ class _Worker(threading.Thread):
         except BaseException as err:  # reported by the main thread
             self.error = err
         finally:
+            tasks.leave(self.index)
             self.stop_server()
 
     def _attempt(self, task: _Task) -> None:

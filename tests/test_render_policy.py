@@ -29,9 +29,12 @@ def test_timing_error_is_retried_at_the_same_speed_then_slower_down_to_real_time
     assert attempts(["timing"] * 5, max_attempts=5)[0] == [8.0, 8.0, 4.0, 2.0, 1.0]
 
 
-def test_scheduling_faults_are_retried_at_the_same_speed_once_then_slower():
-    assert attempts(["xrun", "late", "xrun", "ok"])[0] == [8.0, 8.0, 4.0, 2.0]
-    assert attempts(["drift", "drift", "ok"])[0] == [8.0, 8.0, 4.0]
+def test_scheduling_faults_are_retried_at_the_same_speed_twice_then_slower():
+    assert attempts(["xrun", "late", "xrun", "ok"])[0] == [8.0, 8.0, 8.0, 4.0]
+    assert attempts(["drift", "drift", "ok"])[0] == [8.0, 8.0, 8.0]
+    assert attempts(["drift"] * 5, max_attempts=5)[0] == [8.0, 8.0, 8.0, 4.0, 2.0]
+    # a timing error after a fault slows down at once: both count as hiccups
+    assert attempts(["drift", "timing", "ok"])[0] == [8.0, 8.0, 4.0]
 
 
 def test_timeouts_and_dead_servers_retry_at_the_same_speed():
@@ -42,9 +45,9 @@ def test_program_errors_are_final_and_attempts_are_bounded():
     for status in ("ok", "syntax_error", "runtime_error", "silent"):
         assert attempts([status, "ok"]) == ([8.0], None)
     tried, task = attempts(["xrun"] * 10, max_attempts=3)
-    assert tried == [8.0, 8.0, 4.0] and task is None
+    assert tried == [8.0, 8.0, 8.0] and task is None
     tried, task = attempts(["drift"] * 10, max_attempts=4)
-    assert tried == [8.0, 8.0, 4.0, 2.0] and task is None
+    assert tried == [8.0, 8.0, 8.0, 4.0] and task is None
 
 
 def test_queue_prefers_the_workers_factor_then_the_fastest():
@@ -74,6 +77,40 @@ def test_queue_waits_for_tasks_in_flight_that_may_come_back():
     q.done()
     waiter.join(timeout=5)
     assert got[0].factor == 8.0 and got[0].job is JOB
+
+
+def test_no_more_workers_move_to_a_slower_factor_than_it_has_tasks():
+    q = _TaskQueue(threading.Event())
+    for name in "abc":
+        q.put(_Task(render.Job(name, "t", ""), 8.0))
+    assert [q.get(8.0, worker).factor for worker in range(3)] == [8.0] * 3
+    for name in ("slow1", "slow2", "slow3"):
+        q.put(_Task(render.Job(name, "t", ""), 4.0))
+    for _ in range(3):
+        q.done()
+    # three waiting, none at x4: worker 0 moves; two waiting, one at x4: worker 1 too
+    assert [q.get(8.0, 0).job.id, q.get(8.0, 1).job.id] == ["slow1", "slow2"]
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(q.get(8.0, 2)), daemon=True)
+    waiter.start()
+    waiter.join(timeout=0.3)
+    assert waiter.is_alive(), "one task waiting at x4 and two workers there: worker 2 waits"
+    q.done()
+    assert q.get(4.0, 0).job.id == "slow3"  # a worker at x4 takes it
+    q.done()
+    q.done()
+    waiter.join(timeout=5)
+    assert got == [None]  # all done
+
+
+def test_a_stopped_worker_frees_its_factor_for_the_others():
+    q = _TaskQueue(threading.Event())
+    q.put(_Task(JOB, 4.0))
+    q.put(_Task(render.Job("b", "t", ""), 4.0))
+    q.get(4.0, 0)
+    q.done()
+    q.leave(0)  # worker 0 failed for good, with a task at x4 still waiting
+    assert q.get(8.0, 1).factor == 4.0
 
 
 class FakeServer:
