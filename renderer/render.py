@@ -37,6 +37,11 @@ AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
 DEFAULT_WORKERS = min(8, 3 * (os.cpu_count() or 1))
 DEFAULT_MAX_ATTEMPTS = 4
 BOOT_ATTEMPTS = 5
+# Servers booting at once. A boot is seconds of CPU (Ruby loading Sonic Pi, scsynth its
+# plugins), and Sonic Pi gives scsynth 60 s of its own clock to come up, 7.5 real s at
+# x8: six boots side by side on 2 cores failed three of them (each retried, 11 s lost).
+# In pairs, the first servers render while the others boot.
+BOOT_CONCURRENCY = max(2, os.cpu_count() or 1)
 SLOWER_FACTORS = (32, 24, 16, 12, 8, 4, 2, 1)  # fall back along these
 
 STATUS_SCHEMA = pa.schema([
@@ -298,8 +303,7 @@ class _Worker(threading.Thread):
         Sonic Pi waits for scsynth a fixed time in its own clock, which acceleration
         shortens: on a busy machine a boot can fail and the next one succeed. Boot
         failures are the renderer's and are not charged to the program being rendered.
-        Workers boot side by side (measured: 4 servers at x16 in 7 s together, 3.7 s
-        each alone).
+        At most BOOT_CONCURRENCY workers boot at once.
         """
         self.stop_server()
         for attempt in range(1, BOOT_ATTEMPTS + 1):
@@ -308,7 +312,8 @@ class _Worker(threading.Thread):
             # a server replacing one mid-batch lets its clock settle (see CLOCK_SETTLE_S)
             server = SonicPiServer(self.batch.work_dir / f"worker-{self.index}", acceleration,
                                    self.batch.headroom_s, on_spawn=self.batch.watchdog.register,
-                                   settle_s=CLOCK_SETTLE_S if self.boots else 0.0)
+                                   settle_s=CLOCK_SETTLE_S if self.boots else 0.0,
+                                   boot_slots=self.batch.boot_slots)
             self.server = server  # so that Ctrl-C can end it mid-boot
             try:
                 server.boot()
@@ -392,6 +397,8 @@ class _Batch:
     progress: object
     stop: threading.Event = field(default_factory=threading.Event)
     tasks: _TaskQueue = field(init=False)
+    boot_slots: threading.Semaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(BOOT_CONCURRENCY))
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     rows: dict = field(default_factory=dict)
     audio_s: float = 0.0

@@ -14,6 +14,7 @@ erlang, osmid) and jackd's own session (jackd calls setsid). Nothing is killed b
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -337,6 +338,8 @@ class SonicPiServer:
     headroom_s: float = 0.3
     on_spawn: object = None  # callback(sid or shm path) so a watchdog can clean up if we die
     settle_s: float = 0.0  # real seconds an accelerated server waits after boot (CLOCK_SETTLE_S)
+    # A semaphore shared by servers that boot side by side, to limit how many boot at once
+    boot_slots: object = None
     ports: list = field(default_factory=list)
     launcher: subprocess.Popen | None = None
     jackd_pid: int | None = None
@@ -359,7 +362,19 @@ class SonicPiServer:
     # -- lifecycle -----------------------------------------------------------------
 
     def boot(self) -> None:
-        """Start JACK + Sonic Pi and wait until the server says it booted."""
+        """Start JACK + Sonic Pi and wait until the server says it booted.
+
+        With `boot_slots`, the boot itself (not the settle) waits for a slot."""
+        with self.boot_slots or contextlib.nullcontext():
+            self._boot()
+        if self.acceleration > 1 and self.settle_s:
+            try:
+                time.sleep(self.settle_s)
+            except BaseException:
+                self.shutdown()
+                raise
+
+    def _boot(self) -> None:
         if not sonic_pi_installed():
             raise ServerError("Sonic Pi server not found (need Debian's sonic-pi-server, jackd2, "
                               "supercollider-server): run scripts/setup.sh")
@@ -417,8 +432,6 @@ class SonicPiServer:
             self.client = SimpleUDPClient("127.0.0.1", self.ports[0])
             self.run_code(f"set_sched_ahead_time! {self.sched_ahead_s:g}")
             self._warm_up()
-            if self.acceleration > 1:
-                time.sleep(self.settle_s)
         except BaseException:
             self.shutdown()
             raise
