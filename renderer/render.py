@@ -35,7 +35,7 @@ AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
 # Servers idle between a clip's steps (waiting on Ruby, on a stopped run's fade), so
 # more servers than cores keep the CPU busy: 6 on 2 cores (see renderer.fidelity).
 DEFAULT_WORKERS = min(8, 3 * (os.cpu_count() or 1))
-DEFAULT_MAX_ATTEMPTS = 4
+DEFAULT_MAX_ATTEMPTS = 5  # at x8: 8, 8, 4, 2, then real time (see next_attempt)
 BOOT_ATTEMPTS = 5
 # Servers booting at once. A boot is seconds of CPU (Ruby loading Sonic Pi, scsynth its
 # plugins), and Sonic Pi gives scsynth 60 s of its own clock to come up, 7.5 real s at
@@ -198,33 +198,27 @@ def _slower(factor: float, divisor: float) -> float:
     return max([f for f in SLOWER_FACTORS if f <= max(factor / divisor, 1)], default=1)
 
 
-# How many times a failure is retried at the same speed before the next attempts slow
-# down. Scheduling faults come from the machine, in stretches (measured: the same
-# programs went on to drift at x4 while six servers rebooted around them, and rendered
-# clean at x8 later), so they get two; "behind time" is a heavy program's, so one.
-SAME_SPEED_RETRIES = {"timing": 1, **{fault: 2 for fault in SCHEDULING_FAULTS}}
-
-
 def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | None:
     """The retry policy: the task's next attempt after `result`, or None if it was the last.
 
-    - xrun, late event, clock drift (the machine or scsynth did not keep time): twice
-      more at the same speed, since on a busy machine it is mostly a passing load
-      (measured: programs that failed so among 6 servers rendered clean alone); then at
-      half the speed each time. A heavy program can drift at x8 on an idle machine (the
-      fidelity reference: 5.1, 3.7, 2.5 and 56 ms in a row).
-    - "too far behind time" (Ruby did not keep up): once more at the same speed, then
-      half the speed each time, down to real time (where it is the program's own
-      error, see _Worker).
+    - xrun, late event, clock drift, "too far behind time" (the machine, scsynth or
+      Ruby did not keep up): once more at the same speed, since on a busy machine it is
+      mostly a passing load (measured: programs that failed so among 6 servers rendered
+      clean alone); then at half the speed each time, down to real time (where "behind
+      time" is the program's own error, see _Worker). A heavy program can drift at x8
+      on an idle machine (the fidelity reference: 5.1, 3.7, 2.5 and 56 ms in a row), and
+      a virtual machine can stall for long stretches (measured: all six servers' clips
+      failing together for 10 s), so the default five attempts end in real time, where
+      a stall barely moves the clock.
     - time-out or dead server: the same speed on a fresh server.
     Program errors, silence and ok clips are final, and so is the last allowed attempt.
     """
     if not result.retryable or task.attempts >= max_attempts:
         return None
     factor, hiccups = task.factor, task.hiccups
-    if result.status in SAME_SPEED_RETRIES:
+    if result.status in ("timing", *SCHEDULING_FAULTS):
         hiccups += 1
-        if hiccups > SAME_SPEED_RETRIES[result.status]:
+        if hiccups > 1:
             factor = _slower(factor, 2)
     return replace(task, factor=factor, hiccups=hiccups)
 

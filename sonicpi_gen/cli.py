@@ -112,7 +112,7 @@ def scenarios(scenarios, k, seed, out, templates, templates_dir, check):
 @click.option("--calibrate", is_flag=True, help="Redo the fidelity check that 'auto' uses.")
 @click.option("--headroom", type=click.FloatRange(min=0.05), default=0.3, show_default=True,
               help="Sonic Pi scheduling headroom, real seconds.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Tries per program when the renderer (not the program) fails.")
 @click.option("--max-full-scale", type=click.FloatRange(0, 1), default=0.01, show_default=True,
               help="Flag a clip as clipped above this fraction of full-scale samples.")
