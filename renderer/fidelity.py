@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from renderer.clip import CLIP_SECONDS, SCHEDULING_FAULTS, render_clip
+from renderer.clip import CLIP_SECONDS, render_clip_retrying
 from renderer.server import CLOCK_SETTLE_S, SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
@@ -117,14 +117,10 @@ def envelope_correlation(a: np.ndarray, b: np.ndarray, frame_s: float = 0.01) ->
     return float(np.corrcoef(envelope(a), envelope(b))[0, 1])
 
 
-def _render(server: SonicPiServer, code: str, attempts: int = 3) -> np.ndarray:
-    """Render a fidelity program; a scheduling fault (xrun, late event, drift) or a timing
-    error is retried at the same speed, as the batch renderer does first, so a busy
-    machine does not fail the check by itself."""
-    for _ in range(attempts):
-        result = render_clip(server, code)
-        if result.status not in ("timing", *SCHEDULING_FAULTS):
-            break
+def _render(server: SonicPiServer, code: str) -> np.ndarray:
+    """Render a fidelity program; time-keeping failures (xrun, late event, drift, timing
+    error) are retried at the same speed, as the batch renderer does first."""
+    result = render_clip_retrying(server, code)
     if result.status != "ok":
         raise ServerError(f"fidelity program did not render at x{server.acceleration:g}: "
                           f"{result.status} {result.message}")

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from renderer.clip import (BARS, BPM, CLIP_SECONDS, DEFAULT_MAX_FULL_SCALE, FINAL_STATUSES,
-                           SCHEDULING_FAULTS, ClipResult, render_clip)
+                           TIME_KEEPING_FAILURES, ClipResult, render_clip)
 from renderer.server import CLOCK_SETTLE_S, JACK_SLOTS, SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | 
     if not result.retryable or task.attempts >= max_attempts:
         return None
     factor, hiccups = task.factor, task.hiccups
-    if result.status in ("timing", *SCHEDULING_FAULTS):
+    if result.status in TIME_KEEPING_FAILURES:
         hiccups += 1
         if hiccups > 1:
             factor = _slower(factor, 2)

@@ -385,7 +385,7 @@ class SonicPiServer:
             (self.workdir / sub).mkdir(parents=True)
         # server, gui, scsynth, scsynth-send (must equal scsynth), osc-cues, erlang,
         # midi-out, midi-in, websocket: the argument order of sonic-pi-server.rb.
-        for attempt in range(5):
+        for _ in range(5):
             block = _take_port_block(8)
             self.ports = [block[0], block[1], block[2], block[2], *block[3:8]]
             try:
@@ -393,8 +393,8 @@ class SonicPiServer:
                 break
             except OSError:  # another process bound it after the check: draw again
                 _give_back_ports(block)
-                if attempt == 4:
-                    raise ServerError("could not bind a GUI port on 127.0.0.1 in 5 tries")
+        else:
+            raise ServerError("could not bind a GUI port on 127.0.0.1 in 5 tries")
         try:
             self.jack_name, self._jack_lock = _claim_jack_name()
         except ServerError:

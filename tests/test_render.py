@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from renderer.clip import CLIP_FRAMES, MAX_CLOCK_DRIFT_S, SCHEDULING_FAULTS, render_clip
+from renderer.clip import CLIP_FRAMES, MAX_CLOCK_DRIFT_S, render_clip_retrying
 from renderer.fidelity import METRONOME, check_fidelity, grid_error, onset_times
 from renderer.render import read_status, render_programs
 from renderer.server import CLOCK_SETTLE_S, SonicPiServer, sonic_pi_installed
@@ -70,17 +70,6 @@ def server(tmp_path_factory):
     assert wait_until(lambda: not stack_processes(root), 10), stack_processes(root)
 
 
-def render_retrying_faults(server, code, attempts=3, **options):
-    """render_clip, retrying the renderer's own failures at the same speed as the batch
-    renderer does first: a machine that stalls now and then must not fail a test by
-    itself."""
-    for _ in range(attempts):
-        result = render_clip(server, code, **options)
-        if result.status not in ("timing", *SCHEDULING_FAULTS):
-            break
-    return result
-
-
 def test_scsynth_clock_is_polled_and_steady_on_an_idle_server(server):
     drifts = []
     for _ in range(5):  # a window may catch one of the machine's stalls: most must not
@@ -92,7 +81,7 @@ def test_scsynth_clock_is_polled_and_steady_on_an_idle_server(server):
 
 
 def test_metronome_lands_on_the_grid_and_the_clip_is_exactly_18_s(server):
-    result = render_retrying_faults(server, METRONOME)
+    result = render_clip_retrying(server, METRONOME)
     assert result.status == "ok", result.message
     assert result.audio.shape == (CLIP_FRAMES, 2) == (793800, 2)
     onsets = onset_times(result.audio)
@@ -102,30 +91,30 @@ def test_metronome_lands_on_the_grid_and_the_clip_is_exactly_18_s(server):
 
 
 def test_program_setting_its_own_bpm_keeps_it(server):
-    result = render_retrying_faults(server, "use_bpm 60\nlive_loop :m do\n  play 84, release: 0.05\n  sleep 1\nend\n")
+    result = render_clip_retrying(server, "use_bpm 60\nlive_loop :m do\n  play 84, release: 0.05\n  sleep 1\nend\n")
     onsets = onset_times(result.audio)
     assert np.allclose(np.diff(onsets)[:10], 1.0, atol=0.003)
 
 
 def test_syntax_error_is_captured_with_its_message(server):
-    result = render_retrying_faults(server, "live_loop :a do\n  play 60\n  sleep 1\n")
+    result = render_clip_retrying(server, "live_loop :a do\n  play 60\n  sleep 1\n")
     assert result.status == "syntax_error" and result.audio is None
     assert "syntax error" in result.message and "end-of-input" in result.message
 
 
 def test_runtime_error_is_captured_with_its_line(server):
-    result = render_retrying_faults(server, "play 60\nsleep 1\nfoo_bar 3\n")
+    result = render_clip_retrying(server, "play 60\nsleep 1\nfoo_bar 3\n")
     assert result.status == "runtime_error" and result.audio is None
     assert result.message.startswith("line 3: NoMethodError undefined method `foo_bar'")
 
 
 def test_unknown_synth_is_a_runtime_error(server):
-    result = render_retrying_faults(server, "use_synth :blase\nplay 60\n")
+    result = render_clip_retrying(server, "use_synth :blase\nplay 60\n")
     assert result.status == "runtime_error" and "Unknown synth :blase" in result.message
 
 
 def test_silent_program_is_flagged_not_written(server):
-    result = render_retrying_faults(server, "live_loop :quiet do\n  play 60, amp: 0\n  sleep 1\nend\n")
+    result = render_clip_retrying(server, "live_loop :quiet do\n  play 60, amp: 0\n  sleep 1\nend\n")
     assert result.status == "silent" and result.audio is None
     assert result.levels["peak_dbfs"] < -60
 
@@ -134,7 +123,7 @@ def test_loud_program_is_flagged_clipped_but_kept(server):
     # Sonic Pi's own mixer limits most loud programs; a driven distortion gets through.
     loud = ("with_fx :distortion, distort: 0.9, amp: 2 do\n live_loop :loud do\n  play chord(:e2, "
             ":minor7), amp: 2, attack: 0, sustain: 1, release: 0\n  sleep 1\n end\nend\n")
-    result = render_retrying_faults(server, loud, max_full_scale=0.001)
+    result = render_clip_retrying(server, loud, max_full_scale=0.001)
     assert result.status == "ok" and result.message.startswith("clipped")
     assert result.levels["full_scale_fraction"] > 0.001
 

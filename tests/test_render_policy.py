@@ -194,3 +194,14 @@ def test_port_blocks_given_to_concurrent_boots_never_overlap_until_given_back():
     for block in blocks:
         server._give_back_ports(block)
     assert not server._PORTS_TAKEN.intersection(ports)
+
+
+def test_single_clip_retries_stop_at_the_first_result_that_is_not_a_time_keeping_failure(monkeypatch):
+    import renderer.clip as clip
+
+    statuses = iter(["drift", "timing", "runtime_error", "ok"])
+    monkeypatch.setattr(clip, "render_clip", lambda server, code, **options: ClipResult(next(statuses)))
+    assert clip.render_clip_retrying(None, "play 60").status == "runtime_error"
+    statuses = iter(["xrun"] * 5)
+    assert clip.render_clip_retrying(None, "play 60", attempts=3).status == "xrun"
+    assert len(list(statuses)) == 2  # three renders, no more
