@@ -68,6 +68,15 @@ MAX_CLOCK_DRIFT_S = 0.0025
 # The stack did not keep time, the scheduling faults or Ruby falling "too far behind
 # time": the renderer's failures, retried at the same speed first.
 TIME_KEEPING_FAILURES = ("timing", *SCHEDULING_FAULTS)
+# How often (real seconds) a playing clip's time keeping is checked: a failed clip is
+# ended within this, not played to its end (at x8 a clip plays 2.8 s).
+FAULT_CHECK_S = 0.25
+
+
+class ShortRecording(ServerError):
+    """The recorder stopped before the clip's end. Its stop is scheduled a whole clip
+    after the marker, in the server's time: the two landed closer than that when the
+    server's clock jumped against its samples (seen once in a stretch of clock drift)."""
 
 
 @dataclass
@@ -123,27 +132,35 @@ def clean_message(text: str) -> str:
 
 def measure_levels(audio: np.ndarray, window_s: float = 0.05) -> dict:
     """Levels of int16 audio: peak and RMS in dBFS, the fraction of samples at full
-    scale, and the longest stretch (s) whose 50 ms windows all peak below -60 dBFS."""
-    x = audio.astype(np.float64) / 32768.0
-    peak = float(np.abs(x).max()) if x.size else 0.0
-    rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
-    full = float(np.mean(np.abs(audio.astype(np.int32)) >= 32767)) if x.size else 0.0
+    scale, and the longest stretch (s) whose 50 ms windows all peak below -60 dBFS.
+
+    In integers where it can be (a clip is 1.6 M samples, measured for every clip by
+    the renderer on a machine whose cores the servers need)."""
+    if not audio.size:
+        return {"peak_dbfs": -np.inf, "rms_dbfs": -np.inf, "full_scale_fraction": 0.0,
+                "longest_silence_s": 0.0}
+    magnitude = np.abs(audio.astype(np.int32))  # int32: |-32768| does not fit in int16
+    samples = audio.reshape(-1).astype(np.float64)
+    peak = int(magnitude.max()) / 32768.0
+    rms = float(np.sqrt(samples @ samples / samples.size)) / 32768.0
+    full = np.count_nonzero(magnitude >= 32767) / audio.size
     to_db = lambda v: float(20 * np.log10(v)) if v > 0 else -np.inf
     hop = int(window_s * SAMPLE_RATE)
-    n = len(x) // hop
-    quiet = np.abs(x[: n * hop]).reshape(n, -1).max(axis=1) < 10 ** (SILENCE_DBFS / 20) if n else []
+    n = len(audio) // hop
+    frame_peak = np.maximum.reduce(list(magnitude.reshape(len(audio), -1).T))  # over channels
+    quiet = frame_peak[: n * hop].reshape(n, hop).max(axis=1) < 32768.0 * 10 ** (SILENCE_DBFS / 20)
     longest = run = 0
     for q in quiet:
         run = run + 1 if q else 0
         longest = max(longest, run)
-    return {"peak_dbfs": to_db(peak), "rms_dbfs": to_db(rms), "full_scale_fraction": full,
+    return {"peak_dbfs": to_db(peak), "rms_dbfs": to_db(rms), "full_scale_fraction": float(full),
             "longest_silence_s": longest * window_s}
 
 
 def find_marker(recording: np.ndarray) -> int | None:
     """Frame of the marker's first sample (the first sound in the recording)."""
-    loud = np.flatnonzero(np.abs(recording).max(axis=1) > MARKER_THRESHOLD * 32768)
-    return int(loud[0]) if loud.size else None
+    loud = np.flatnonzero(np.abs(recording.reshape(-1).astype(np.int32)) > MARKER_THRESHOLD * 32768)
+    return int(loud[0]) // recording.shape[1] if loud.size else None
 
 
 def cut_clip(recording: np.ndarray) -> np.ndarray:
@@ -156,7 +173,7 @@ def cut_clip(recording: np.ndarray) -> np.ndarray:
         raise ServerError("no marker click in the recording (the server produced no sound)")
     start = marker + int(round(MARKER_LEAD_S * SAMPLE_RATE))
     if start + CLIP_FRAMES > len(recording):
-        raise ServerError(f"recording too short: {len(recording) / SAMPLE_RATE:.2f} s, needs "
+        raise ShortRecording(f"recording too short: {len(recording) / SAMPLE_RATE:.2f} s, needs "
                           f"{(start + CLIP_FRAMES) / SAMPLE_RATE:.2f} s")
     # up to 10 ms before beat 0: an event at beat 0 may land that early (issue 3's bound)
     between = recording[marker + int(MARKER_LENGTH_S * SAMPLE_RATE):start - int(0.010 * SAMPLE_RATE)]
@@ -190,7 +207,12 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     server.run_code(wrap_program(code, take, sched_ahead, stop_ahead))
     # the marker is due a pre-roll and a headroom after the run starts
     marker_due = time.monotonic() + (PRE_ROLL_BEATS * 60 / BPM + sched_ahead) / speed
-    failed = _wait_for_save(server, take, timeout_s - (time.monotonic() - started))
+    # the stack's time keeping so far; checked while the clip plays, so that a clip
+    # already lost to a stall is ended at once, not rendered to its end and thrown away
+    def failure_so_far(until: float) -> ClipResult | None:
+        return _time_keeping_failure(server, faults_before, marker_due, until)
+
+    failed = _wait_for_save(server, take, timeout_s - (time.monotonic() - started), failure_so_far)
     saved = time.monotonic()
     if failed is not None:
         _discard_recording(server, take, stop_ahead)
@@ -201,20 +223,15 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     # Faults are counted once the run has ended: JACK logs an xrun a moment after it
     # happened, and one missed here would pass a clip whose later events were shifted.
     _wait_runs_ended(server)
-    faults = {k: n - faults_before[k] for k, n in server.scheduling_faults().items()}
-    if faults["xrun"]:
-        return ClipResult("xrun", f"{faults['xrun']} JACK xruns at x{speed:g}: scsynth missed "
-                          "its deadline", render_s=time.monotonic() - started)
-    if faults["late"]:
-        return ClipResult("late", f"{faults['late']} events reached scsynth late at x{speed:g}",
-                          render_s=time.monotonic() - started)
-    drift = server.clock.drift_s(marker_due, saved, speed)
-    if drift > MAX_CLOCK_DRIFT_S:
-        return ClipResult("drift", f"scsynth's clock drifted {drift * 1000:.1f} ms against its "
-                          f"samples during the clip at x{speed:g} (limit {MAX_CLOCK_DRIFT_S * 1000:g} "
-                          "ms): the machine stalled; if this persists, use a lower --acceleration",
-                          render_s=time.monotonic() - started)
-    clip = cut_clip(recording)
+    failed = failure_so_far(saved)
+    if failed is not None:
+        failed.render_s = time.monotonic() - started
+        return failed
+    try:
+        clip = cut_clip(recording)
+    except ShortRecording as err:  # the stack's time keeping, not the server's health
+        return ClipResult("drift", f"{err} at x{speed:g}: scsynth's clock jumped against its "
+                          "samples during the clip", render_s=time.monotonic() - started)
     levels = measure_levels(clip)
     status, message = "ok", None
     if levels["peak_dbfs"] < SILENCE_DBFS:
@@ -239,6 +256,26 @@ def render_clip_retrying(server: SonicPiServer, code: str, attempts: int = 3,
     return result
 
 
+def _time_keeping_failure(server: SonicPiServer, faults_before: dict, marker_due: float,
+                          until: float) -> ClipResult | None:
+    """The scheduling fault the clip has met from its start to `until` (monotonic), if any:
+    a JACK xrun or late event since `faults_before`, or a clock drift over the limit
+    since the marker was due."""
+    speed = server.acceleration
+    faults = {k: n - faults_before[k] for k, n in server.scheduling_faults().items()}
+    if faults["xrun"]:
+        return ClipResult("xrun", f"{faults['xrun']} JACK xruns at x{speed:g}: scsynth missed "
+                          "its deadline")
+    if faults["late"]:
+        return ClipResult("late", f"{faults['late']} events reached scsynth late at x{speed:g}")
+    drift = server.clock.drift_s(marker_due, until, speed)
+    if drift > MAX_CLOCK_DRIFT_S:
+        return ClipResult("drift", f"scsynth's clock drifted {drift * 1000:.1f} ms against its "
+                          f"samples during the clip at x{speed:g} (limit {MAX_CLOCK_DRIFT_S * 1000:g} "
+                          "ms): the machine stalled; if this persists, use a lower --acceleration")
+    return None
+
+
 def _wait_runs_ended(server: SonicPiServer) -> None:
     """Wait for the stopped runs' fade-out (RUN_FADE_S of the server's time) to end."""
     server.wait_idle(10 + RUN_FADE_S / server.acceleration)
@@ -253,8 +290,10 @@ def _saved(msg, take: Path) -> bool:
     return msg.address == "/log/info" and any(f"Saving recording to {take}" in str(a) for a in msg.args)
 
 
-def _wait_for_save(server: SonicPiServer, take: Path, timeout_s: float) -> ClipResult | None:
-    """None when the server saved the take; a failed ClipResult on error or time-out."""
+def _wait_for_save(server: SonicPiServer, take: Path, timeout_s: float,
+                   failure_so_far=lambda until: None) -> ClipResult | None:
+    """None when the server saved the take; a failed ClipResult on error, time-out, or
+    as soon as `failure_so_far(now)` reports that the stack failed to keep time."""
     deadline = time.monotonic() + timeout_s
     while True:
         remaining = deadline - time.monotonic()
@@ -262,8 +301,11 @@ def _wait_for_save(server: SonicPiServer, take: Path, timeout_s: float) -> ClipR
             return ClipResult("timeout", f"the clip did not end within {timeout_s:.0f} s")
         if not server.alive():
             raise ServerError("the Sonic Pi server died during the clip")
+        failed = failure_so_far(time.monotonic())
+        if failed is not None:
+            return failed
         try:
-            msg = server.messages.get(timeout=min(remaining, 0.5))
+            msg = server.messages.get(timeout=min(remaining, FAULT_CHECK_S))
         except queue.Empty:
             continue
         if msg.address in ("/error", "/syntax_error"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from renderer.clip import (CLIP_BEATS, CLIP_FRAMES, MARKER_LEAD_BEATS, MARKER_LEAD_S, PRE_ROLL_BEATS,
-                           TAIL_BEATS, clean_message, cut_clip, find_marker, measure_levels,
+                           TAIL_BEATS, ShortRecording, clean_message, cut_clip, find_marker, measure_levels,
                            wrap_program)
 from renderer.fidelity import envelope_correlation, grid_error, onset_times, spectrum_similarity
 from renderer.server import SAMPLE_RATE, ServerError
@@ -28,7 +28,7 @@ def test_clip_starts_at_beat_zero_and_is_exactly_18_s():
 
 
 def test_short_or_silent_recording_is_a_server_error():
-    with pytest.raises(ServerError, match="recording too short"):
+    with pytest.raises(ShortRecording, match="recording too short"):
         cut_clip(_recording(marker_at=100, total_s=10))
     with pytest.raises(ServerError, match="no marker"):
         cut_clip(np.zeros((SAMPLE_RATE, 2), dtype=np.int16))
@@ -99,3 +99,29 @@ def test_similarity_measures_know_same_and_different():
     assert envelope_correlation(a, a) == pytest.approx(1.0)
     assert spectrum_similarity(a, noise) < 0.9
     assert abs(envelope_correlation(a, noise)) < 0.3
+
+
+class _QuietServer:
+    """A server that is alive and sends nothing (the clip would play to its time-out)."""
+
+    def __init__(self):
+        import queue
+        self.messages = queue.Queue()
+
+    def alive(self):
+        return True
+
+
+def test_a_clip_that_failed_to_keep_time_is_ended_while_it_plays():
+    from renderer.clip import ClipResult, _wait_for_save
+
+    checks = []
+
+    def failure_so_far(now):
+        checks.append(now)
+        return ClipResult("drift", "3.1 ms") if len(checks) == 3 else None
+
+    result = _wait_for_save(_QuietServer(), Path("take.wav"), 60.0, failure_so_far)
+    assert (result.status, result.message, len(checks)) == ("drift", "3.1 ms", 3)
+    # without a failure it waits for the save, here until its time-out
+    assert _wait_for_save(_QuietServer(), Path("take.wav"), 0.6).status == "timeout"
