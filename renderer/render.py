@@ -192,6 +192,12 @@ class _Task:
     factor: float
     attempts: int = 0  # made so far
     hiccups: int = 0  # of those, ended by a scheduling fault or a timing error
+    # A task sent to a slower factor gets one extra try at a faster one, from a worker
+    # that has nothing left at its own (see _TaskQueue.get). While that try is made,
+    # `fallback` holds the slower factor it returns to if the try fails; the try does not
+    # count against the attempts, so the slower ladder stays as it was.
+    extra_tries: int = 0
+    fallback: float | None = None
 
 
 def _slower(factor: float, divisor: float) -> float:
@@ -212,8 +218,11 @@ def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | 
       a stall barely moves the clock.
     - time-out or dead server: the same speed on a fresh server.
     Program errors, silence and ok clips are final, and so is the last allowed attempt.
+    An extra try at a faster factor (see _Task) that fails leaves the task as it was.
     """
-    if not result.retryable or task.attempts >= max_attempts:
+    if task.fallback is not None:  # the extra try at a faster factor (see _Task)
+        return replace(task, factor=task.fallback, fallback=None) if result.retryable else None
+    if not result.retryable or task.attempts - task.extra_tries >= max_attempts:
         return None
     factor, hiccups = task.factor, task.hiccups
     if result.status in TIME_KEEPING_FAILURES:
@@ -225,8 +234,11 @@ def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | 
 
 class _TaskQueue:
     """Tasks grouped by factor. A worker takes tasks at its server's factor while there
-    are any, else the fastest waiting (and reboots its server at that factor): retries at
-    slower factors collect until the fast work runs out, so a server is rebooted once per
+    are any. Retries at slower factors collect until the fast work runs out; then a
+    worker first gives each of them one extra try at its own factor (the machine is
+    quieter in a batch's tail than when the task failed, and a reboot at the slower
+    factor costs about 11 s at x4: boot, warm-up and the clock's settling), and only
+    then takes the fastest waiting and reboots its server at that factor, once per
     factor, not once per retried clip. No more workers move to a factor than it has
     tasks waiting: a boot is seconds of CPU on a machine whose other servers are
     rendering, and six reboots for two retries stalled the clips around them. `get`
@@ -255,6 +267,11 @@ class _TaskQueue:
                 if factor in waiting:
                     chosen = factor
                     break
+                extra = self._take_extra_try(factor)
+                if extra is not None:
+                    self._in_flight += 1
+                    self._worker_factors[worker] = factor
+                    return extra
                 # the fastest factor that has more tasks waiting than workers at it
                 movable = [f for f, count in waiting.items() if count > sum(
                     1 for w, wf in self._worker_factors.items() if wf == f and w != worker)]
@@ -267,6 +284,16 @@ class _TaskQueue:
             self._in_flight += 1
             self._worker_factors[worker] = chosen
             return self._by_factor[chosen].popleft()
+
+    def _take_extra_try(self, factor: float) -> _Task | None:
+        """The first waiting task of the fastest slower factor that has not had its
+        extra try, set up to make it at `factor` (called with the lock held)."""
+        for slower in sorted((f for f in self._by_factor if f < factor), reverse=True):
+            for task in self._by_factor[slower]:
+                if not task.extra_tries:
+                    self._by_factor[slower].remove(task)
+                    return replace(task, factor=factor, fallback=slower, extra_tries=1)
+        return None
 
     def done(self) -> None:
         with self._cond:

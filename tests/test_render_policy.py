@@ -78,7 +78,8 @@ def test_queue_waits_for_tasks_in_flight_that_may_come_back():
     q.put(next_attempt(first, ClipResult("timing"), 4), front=True)
     q.done()
     waiter.join(timeout=5)
-    assert got[0].factor == 8.0 and got[0].job is JOB
+    # due at x8 now, it comes to the worker at x16 as its extra try there (see _Task)
+    assert (got[0].factor, got[0].fallback) == (16.0, 8.0) and got[0].job is JOB
 
 
 def test_no_more_workers_move_to_a_slower_factor_than_it_has_tasks():
@@ -86,8 +87,8 @@ def test_no_more_workers_move_to_a_slower_factor_than_it_has_tasks():
     for name in "abc":
         q.put(_Task(render.Job(name, "t", ""), 8.0))
     assert [q.get(8.0, worker).factor for worker in range(3)] == [8.0] * 3
-    for name in ("slow1", "slow2", "slow3"):
-        q.put(_Task(render.Job(name, "t", ""), 4.0))
+    for name in ("slow1", "slow2", "slow3"):  # their extra try at x8 made already
+        q.put(_Task(render.Job(name, "t", ""), 4.0, extra_tries=1))
     for _ in range(3):
         q.done()
     # three waiting, none at x4: worker 0 moves; two waiting, one at x4: worker 1 too
@@ -107,8 +108,8 @@ def test_no_more_workers_move_to_a_slower_factor_than_it_has_tasks():
 
 def test_a_stopped_worker_frees_its_factor_for_the_others():
     q = _TaskQueue(threading.Event())
-    q.put(_Task(JOB, 4.0))
-    q.put(_Task(render.Job("b", "t", ""), 4.0))
+    q.put(_Task(JOB, 4.0, extra_tries=1))
+    q.put(_Task(render.Job("b", "t", ""), 4.0, extra_tries=1))
     q.get(4.0, 0)
     q.done()
     q.leave(0)  # worker 0 failed for good, with a task at x4 still waiting
@@ -131,8 +132,8 @@ class FakeServer:
 
 def test_workers_reboot_once_per_factor_and_retries_wait_for_the_fast_work(monkeypatch, tmp_path):
     """Eight jobs on one worker; job 1 hits timing errors at x16: retried at once at the
-    same speed, then its retry at x8 waits for the other fast jobs and the worker
-    reboots once for it."""
+    same speed, then its retry at x8 waits for the other fast jobs, gets its extra try
+    at x16 (which fails too), and the worker reboots once for it."""
     FakeServer.boots = []
     rendered = []
 
@@ -153,8 +154,31 @@ def test_workers_reboot_once_per_factor_and_retries_wait_for_the_fast_work(monke
     assert worker.error is None
     assert FakeServer.boots == [16.0, 8.0]
     assert rendered[:3] == [("0", 16.0), ("1", 16.0), ("1", 16.0)]
-    assert rendered[-1] == ("1", 8.0) and len(rendered) == 10
-    assert batch.rows["1"]["attempts"] == 3 and batch.rows["1"]["acceleration"] == 8.0
+    assert rendered[-2:] == [("1", 16.0), ("1", 8.0)] and len(rendered) == 11
+    assert batch.rows["1"]["attempts"] == 4 and batch.rows["1"]["acceleration"] == 8.0
+
+
+def test_a_slower_task_gets_one_extra_try_at_a_faster_factor_that_costs_no_attempt():
+    q = _TaskQueue(threading.Event())
+    task = _Task(JOB, 8.0, attempts=2, hiccups=1)
+    q.put(next_attempt(task, ClipResult("drift"), 5))  # its second failure at x8: due at x4
+    extra = q.get(8.0, 0)  # a worker at x8 with nothing else takes it, at x8
+    assert (extra.factor, extra.fallback, extra.extra_tries) == (8.0, 4.0, 1)
+    extra.attempts += 1
+    back = next_attempt(extra, ClipResult("drift"), 5)
+    assert (back.factor, back.fallback, back.hiccups) == (4.0, None, 2)
+    q.put(back)
+    q.done()
+    assert q.get(8.0, 0).factor == 4.0, "one extra try only: the worker now moves to x4"
+    q.done()
+    # the ladder is as without the extra try: 4, 2, 1 in three more attempts
+    tried = []
+    while back is not None:
+        back.attempts += 1
+        tried.append(back.factor)
+        back = next_attempt(back, ClipResult("drift"), 5)
+    assert tried == [4.0, 2.0, 1.0]
+    assert next_attempt(extra, ClipResult("ok"), 5) is None  # a good extra try is final
 
 
 def test_audio_clock_drift_integrates_the_rate_error_over_the_span():
