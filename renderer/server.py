@@ -55,7 +55,10 @@ JACK_PRIORITY = 70
 # x16. Measured: 4 servers at x16 on 2 cores had frequent xruns at 2048, and
 # onsets stayed within 1.4 ms at 4096 (8192 gave late events and 3 ms errors).
 JACK_PERIOD = 4096
-BOOT_TIMEOUT_S = 90.0
+# Real seconds to wait for "successfully booted": a boot takes 15-20 s in real time and
+# 3-5 s at x8 (up to 17 s among rendering servers), and Sonic Pi itself gives scsynth
+# 60 s of its clock. A bench batch lost 90 s to one x8 boot that hung.
+BOOT_TIMEOUT_S = 30.0  # plus 60 s of the server's clock
 MIN_SCHED_AHEAD_S = 1.0
 # scsynth logs every bundle that arrives after its time, by how much (s); lateness below
 # the onset tolerance does not change the clip and is not counted as a fault.
@@ -284,17 +287,30 @@ def remove_faketime_shm(pid: int) -> None:
 
 
 class AudioClock:
-    """scsynth's clock rate against its samples, as its /status replies report it."""
+    """scsynth's clock rate against its samples, and its DSP load, as its /status
+    replies report them."""
 
     def __init__(self, history: int = 2400):  # two minutes of polls
         self._samples: deque[tuple[float, float]] = deque(maxlen=history)
+        self._loads: deque[tuple[float, float]] = deque(maxlen=history)
         self._lock = threading.Lock()
 
-    def add(self, at: float, nominal_rate: float, measured_rate: float) -> None:
-        if nominal_rate > 0 and measured_rate > 0:
-            with self._lock:
+    def add(self, at: float, nominal_rate: float, measured_rate: float,
+            load_percent: float | None = None) -> None:
+        with self._lock:
+            if nominal_rate > 0 and measured_rate > 0:
                 # the loop's period is nominal / measured times the nominal one
                 self._samples.append((at, nominal_rate / measured_rate))
+            if load_percent is not None:
+                self._loads.append((at, load_percent))
+
+    def peak_load(self, start: float, end: float) -> float | None:
+        """The highest DSP load scsynth reported from `start` to `end`: its audio
+        callbacks' average share (%) of their period, as JACK measures it; None if it
+        reported none."""
+        with self._lock:
+            loads = [load for at, load in self._loads if start < at <= end]
+        return max(loads) if loads else None
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -437,7 +453,8 @@ class SonicPiServer:
             raise
 
     def _wait_booted(self) -> None:
-        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        timeout_s = BOOT_TIMEOUT_S + 60.0 / self.acceleration
+        deadline = time.monotonic() + timeout_s
         log_path = self.workdir / "server.log"
         while time.monotonic() < deadline:
             self._register_jackd()
@@ -458,7 +475,7 @@ class SonicPiServer:
                 raise ServerError(f"Sonic Pi server did not boot ({failed or 'exited'}); "
                                   f"log: {log_path}\n{text[-800:]}")
             time.sleep(0.1)
-        raise ServerError(f"Sonic Pi server did not boot in {BOOT_TIMEOUT_S:.0f} s; log: {log_path}")
+        raise ServerError(f"Sonic Pi server did not boot in {timeout_s:.0f} s; log: {log_path}")
 
     def _warm_up(self, timeout_s: float = 30.0) -> None:
         """Start and save a recording, then run a quiet program for 4 s of server time,
@@ -584,8 +601,8 @@ class SonicPiServer:
         """Receive what the server sends its GUI: errors, log lines, run completion."""
         def receive(address, *args):
             if address == "/status.reply":  # scsynth's, to _poll_clock
-                if len(args) >= 9:
-                    self.clock.add(time.monotonic(), args[7], args[8])
+                if len(args) >= 9:  # [1, ugens, synths, groups, defs, avg cpu %, peak cpu %, sr, sr]
+                    self.clock.add(time.monotonic(), args[7], args[8], args[5])
                 return
             if address == "/runs/all-completed":
                 self.idle.set()
