@@ -88,6 +88,10 @@ class ClipResult:
     audio: np.ndarray | None = field(default=None, repr=False)
     levels: dict = field(default_factory=dict)
     render_s: float = 0.0
+    # scsynth's highest DSP load during the clip, % of its audio period (see
+    # renderer.server.AudioClock.peak_load): tells a program too heavy for the factor
+    # from a passing stall when the stack failed to keep time
+    dsp_load: float | None = None
 
     @property
     def retryable(self) -> bool:
@@ -215,6 +219,7 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     failed = _wait_for_save(server, take, timeout_s - (time.monotonic() - started), failure_so_far)
     saved = time.monotonic()
     if failed is not None:
+        failed.dsp_load = server.clock.peak_load(started, saved)
         _discard_recording(server, take, stop_ahead)
         failed.render_s = time.monotonic() - started
         return failed
@@ -225,6 +230,7 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     _wait_runs_ended(server)
     failed = failure_so_far(saved)
     if failed is not None:
+        failed.dsp_load = server.clock.peak_load(started, saved)
         failed.render_s = time.monotonic() - started
         return failed
     try:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections import deque
 from dataclasses import dataclass, field, replace
 import subprocess
@@ -43,6 +44,15 @@ BOOT_ATTEMPTS = 5
 # In pairs, the first servers render while the others boot.
 BOOT_CONCURRENCY = max(2, os.cpu_count() or 1)
 SLOWER_FACTORS = (32, 24, 16, 12, 8, 4, 2, 1)  # fall back along these
+# A clip that failed to keep time while scsynth's DSP load (its callbacks' share of
+# their period) was at least HEAVY_LOAD_PERCENT is taken to be too heavy for the
+# factor, not unlucky: it goes straight to a factor where its load would be about
+# TARGET_LOAD_PERCENT. Measured alone at x8 on the bench's programs: cloud_beat-0 and
+# haunted-0 (a dozen :prophet voices under :gverb) 49-50%, the other seven measured
+# 5-22%; in a bench batch those two failed at x8 (twice, and once more on their extra
+# try) and at x4, then haunted-0 passed at x2 and cloud_beat-0 only in real time.
+HEAVY_LOAD_PERCENT = 40.0
+TARGET_LOAD_PERCENT = 25.0
 
 STATUS_SCHEMA = pa.schema([
     ("id", pa.string()), ("template", pa.string()), ("source", pa.string()),
@@ -198,6 +208,9 @@ class _Task:
     # count against the attempts, so the slower ladder stays as it was.
     extra_tries: int = 0
     fallback: float | None = None
+    # the fastest factor its DSP load allows, once a failure showed it (no extra try
+    # is made above it)
+    max_factor: float | None = None
 
 
 def _slower(factor: float, divisor: float) -> float:
@@ -216,6 +229,8 @@ def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | 
       a virtual machine can stall for long stretches (measured: all six servers' clips
       failing together for 10 s), so the default five attempts end in real time, where
       a stall barely moves the clock.
+      A program whose DSP load was high when it failed (HEAVY_LOAD_PERCENT) goes
+      straight to a factor its load allows instead.
     - time-out or dead server: the same speed on a fresh server.
     Program errors, silence and ok clips are final, and so is the last allowed attempt.
     An extra try at a faster factor (see _Task) that fails leaves the task as it was.
@@ -224,25 +239,33 @@ def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | 
         return replace(task, factor=task.fallback, fallback=None) if result.retryable else None
     if not result.retryable or task.attempts - task.extra_tries >= max_attempts:
         return None
-    factor, hiccups = task.factor, task.hiccups
+    factor, hiccups, max_factor = task.factor, task.hiccups, task.max_factor
     if result.status in TIME_KEEPING_FAILURES:
         hiccups += 1
-        if hiccups > 1:
+        if (result.dsp_load or 0.0) >= HEAVY_LOAD_PERCENT:
+            factor = max_factor = _slower(factor, max(2.0, result.dsp_load / TARGET_LOAD_PERCENT))
+        elif hiccups > 1:
             factor = _slower(factor, 2)
-    return replace(task, factor=factor, hiccups=hiccups)
+    return replace(task, factor=factor, hiccups=hiccups, max_factor=max_factor)
 
 
 class _TaskQueue:
-    """Tasks grouped by factor. A worker takes tasks at its server's factor while there
-    are any. Retries at slower factors collect until the fast work runs out; then a
-    worker first gives each of them one extra try at its own factor (the machine is
-    quieter in a batch's tail than when the task failed, and a reboot at the slower
-    factor costs about 11 s at x4: boot, warm-up and the clock's settling), and only
-    then takes the fastest waiting and reboots its server at that factor, once per
-    factor, not once per retried clip. No more workers move to a factor than it has
-    tasks waiting: a boot is seconds of CPU on a machine whose other servers are
-    rendering, and six reboots for two retries stalled the clips around them. `get`
-    waits while other workers' tasks may still come back for a retry."""
+    """Tasks grouped by factor, handed to workers whose servers run at some factor:
+    - a task at the worker's factor, while there are any;
+    - a program too heavy for the fast factor (see next_attempt) gets a worker at its
+      slower factor at once, one worker per such factor, while the others go on;
+    - other retries at slower factors collect until the fast work runs out; then a
+      worker gives each one extra try at its own factor (the machine is quieter in a
+      batch's tail than when the task failed, and a reboot at x4 costs about 11 s:
+      boot, warm-up and the clock's settling);
+    - a worker that was moved down renders tasks due at up to twice its factor at its
+      own, rather than rebooting back up;
+    - only then does a worker take the fastest factor waiting and reboot its server
+      there: once per factor, not once per retried clip, and no more workers move to a
+      factor than it has tasks waiting (a boot is seconds of CPU on a machine whose
+      other servers are rendering; six reboots for two retries stalled the clips
+      around them).
+    `get` waits while other workers' tasks may still come back for a retry."""
 
     def __init__(self, stop: threading.Event):
         self._stop = stop
@@ -264,14 +287,18 @@ class _TaskQueue:
                 waiting = {f: len(tasks) for f, tasks in self._by_factor.items() if tasks}
                 if not waiting and not self._in_flight:
                     return None
+                heavy = self._unserved_heavy_factor(factor, worker)
+                if heavy is not None:
+                    chosen = heavy
+                    break
                 if factor in waiting:
                     chosen = factor
                     break
-                extra = self._take_extra_try(factor)
-                if extra is not None:
+                task = self._take_extra_try(factor) or self._take_faster(factor, waiting)
+                if task is not None:
                     self._in_flight += 1
                     self._worker_factors[worker] = factor
-                    return extra
+                    return task
                 # the fastest factor that has more tasks waiting than workers at it
                 movable = [f for f, count in waiting.items() if count > sum(
                     1 for w, wf in self._worker_factors.items() if wf == f and w != worker)]
@@ -285,12 +312,33 @@ class _TaskQueue:
             self._worker_factors[worker] = chosen
             return self._by_factor[chosen].popleft()
 
+    def _unserved_heavy_factor(self, factor: float, worker: int) -> float | None:
+        """A slower factor that programs too heavy for faster ones wait at (see
+        next_attempt) and no other worker serves: this worker moves there now, while
+        the others go on with the fast work. Such a program has no extra try to make
+        at a faster factor, so waiting for the fast work to run out would only leave
+        the reboot and its renders for the batch's tail."""
+        for slower in sorted((f for f in self._by_factor if f < factor), reverse=True):
+            if any(t.max_factor for t in self._by_factor[slower]) and not any(
+                    wf == slower for w, wf in self._worker_factors.items() if w != worker):
+                return slower
+        return None
+
+    def _take_faster(self, factor: float, waiting: dict) -> _Task | None:
+        """A task due at up to twice `factor`, to render at `factor` (slower is always
+        allowed): a worker moved down for heavy programs goes on with the fast work
+        at its own speed rather than rebooting back up."""
+        faster = [f for f in waiting if factor < f <= 2 * factor]
+        if not faster:
+            return None
+        return replace(self._by_factor[max(faster)].popleft(), factor=factor)
+
     def _take_extra_try(self, factor: float) -> _Task | None:
         """The first waiting task of the fastest slower factor that has not had its
         extra try, set up to make it at `factor` (called with the lock held)."""
         for slower in sorted((f for f in self._by_factor if f < factor), reverse=True):
             for task in self._by_factor[slower]:
-                if not task.extra_tries:
+                if not task.extra_tries and (task.max_factor or factor) >= factor:
                     self._by_factor[slower].remove(task)
                     return replace(task, factor=factor, fallback=slower, extra_tries=1)
         return None
@@ -340,6 +388,7 @@ class _Worker(threading.Thread):
                 server.boot()
             except ServerError as err:
                 self.server = None
+                self._keep_boot_logs(attempt)
                 if attempt == BOOT_ATTEMPTS:
                     raise
                 logger.warning("worker %d: boot %d at x%g failed (%s); retrying",
@@ -349,6 +398,16 @@ class _Worker(threading.Thread):
             self.boots += 1
             return server
         raise AssertionError("unreachable")
+
+    def _keep_boot_logs(self, attempt: int) -> None:
+        """Copy a failed boot's logs out of the server's folder (the next boot empties
+        it) to <out>/.work/failed-boots/."""
+        kept = self.batch.work_dir / "failed-boots"
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in ("server.log", "jackd.log"):
+            log = self.batch.work_dir / f"worker-{self.index}" / name
+            if log.exists():
+                shutil.copyfile(log, kept / f"worker-{self.index}-boot-{self.boots + 1}.{attempt}-{name}")
 
     def stop_server(self) -> None:
         if self.server is not None:

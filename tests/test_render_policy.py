@@ -229,3 +229,47 @@ def test_single_clip_retries_stop_at_the_first_result_that_is_not_a_time_keeping
     statuses = iter(["xrun"] * 5)
     assert clip.render_clip_retrying(None, "play 60", attempts=3).status == "xrun"
     assert len(list(statuses)) == 2  # three renders, no more
+
+
+def test_a_program_too_heavy_for_the_factor_goes_straight_to_one_its_load_allows():
+    def retry(load, factor=8.0):
+        task = next_attempt(_Task(JOB, factor, attempts=1), ClipResult("xrun", dsp_load=load), 5)
+        return task.factor, task.max_factor
+
+    assert retry(10.0) == (8.0, None), "a light program's fault is a passing stall: same speed"
+    assert retry(None) == (8.0, None)
+    assert retry(50.0) == (4.0, 4.0)  # 50% at x8 is 25% at x4
+    assert retry(100.0) == (2.0, 2.0)
+    assert retry(400.0) == (1.0, 1.0)
+    assert retry(50.0, factor=1.0) == (1.0, 1.0)
+
+
+def test_no_extra_try_above_the_factor_a_programs_load_allows():
+    q = _TaskQueue(threading.Event())
+    q.put(next_attempt(_Task(JOB, 8.0, attempts=1), ClipResult("late", dsp_load=50.0), 5))
+    task = q.get(8.0, 0)  # the worker at x8 moves to x4 for it instead of trying it at x8
+    assert (task.factor, task.fallback, task.extra_tries) == (4.0, None, 0)
+
+
+def test_audio_clock_keeps_the_peak_dsp_load_of_a_span():
+    clock = AudioClock()
+    for at, load in [(1.0, 5.0), (2.0, 48.0), (3.0, 12.0)]:
+        clock.add(at, 44100.0, 44100.0, load)
+    assert clock.peak_load(0.5, 3.0) == 48.0
+    assert clock.peak_load(2.5, 3.0) == 12.0
+    assert clock.peak_load(3.5, 9.0) is None
+
+
+def test_one_worker_moves_down_at_once_for_a_heavy_program_and_goes_on_at_its_speed():
+    q = _TaskQueue(threading.Event())
+    for name in "ab":
+        q.put(_Task(render.Job(name, "t", ""), 8.0))
+    q.put(next_attempt(_Task(render.Job("heavy", "t", ""), 8.0, attempts=1),
+                       ClipResult("xrun", dsp_load=50.0), 5))
+    first = q.get(8.0, 0)  # fast work is waiting, but the heavy program gets a worker now
+    assert (first.job.id, first.factor) == ("heavy", 4.0)
+    assert q.get(8.0, 1).job.id == "a", "one worker moves, the others go on"
+    q.done()
+    q.done()
+    then = q.get(4.0, 0)  # nothing left at x4: the fast work, rendered at x4, no reboot
+    assert (then.job.id, then.factor) == ("b", 4.0)
