@@ -273,3 +273,15 @@ def test_one_worker_moves_down_at_once_for_a_heavy_program_and_goes_on_at_its_sp
     q.done()
     then = q.get(4.0, 0)  # nothing left at x4: the fast work, rendered at x4, no reboot
     assert (then.job.id, then.factor) == ("b", 4.0)
+
+
+def test_jacks_refusal_of_scsynth_is_told_from_a_boot_that_went_well():
+    from renderer.server import SCSYNTH_REFUSED_RE
+
+    refused = ["Cannot connect to client name = SuperCollider",
+               "ClientNotify fails name = system notification = 0 val1 = 0 val2 = 0\n"
+               "NotifyAddClient new_client fails name = SuperCollider"]
+    booted = ("JACK server starting in realtime mode with priority 70\n"
+              "self-connect-mode is \"Don't restrict self connect requests\"\n")
+    assert all(SCSYNTH_REFUSED_RE.search(text) for text in refused)
+    assert not SCSYNTH_REFUSED_RE.search(booted)
