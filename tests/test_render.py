@@ -139,7 +139,10 @@ def test_resume_after_a_killed_run_renders_only_what_was_missing(programs, tmp_p
     out = tmp_path / "renders"
     proc = subprocess.Popen([sys.executable, "-m", "sonicpi_gen.cli", "render", "--in", str(programs),
                              "--out", str(out), "--workers", "1", "--acceleration", str(FACTOR)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            # a shell starts background jobs with SIGINT ignored, and Python
+                            # keeps an ignored SIGINT: the Ctrl-C would not reach the renderer
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journal = out / "status.jsonl"
     assert wait_until(lambda: journal.exists() and journal.read_text().count("\n") >= 1, 120)
     proc.send_signal(sig)  # SIGKILL: no cleanup code of the renderer runs; the watchdog ends the servers
