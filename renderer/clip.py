@@ -177,8 +177,8 @@ def cut_clip(recording: np.ndarray) -> np.ndarray:
         raise ServerError("no marker click in the recording (the server produced no sound)")
     start = marker + int(round(MARKER_LEAD_S * SAMPLE_RATE))
     if start + CLIP_FRAMES > len(recording):
-        raise ShortRecording(f"recording too short: {len(recording) / SAMPLE_RATE:.2f} s, needs "
-                          f"{(start + CLIP_FRAMES) / SAMPLE_RATE:.2f} s")
+        raise ShortRecording(f"recording too short: {len(recording) / SAMPLE_RATE:.2f} s, "
+                             f"needs {(start + CLIP_FRAMES) / SAMPLE_RATE:.2f} s")
     # up to 10 ms before beat 0: an event at beat 0 may land that early (issue 3's bound)
     between = recording[marker + int(MARKER_LENGTH_S * SAMPLE_RATE):start - int(0.010 * SAMPLE_RATE)]
     if between.size and np.abs(between).max() > MARKER_THRESHOLD * 32768:
