@@ -317,7 +317,10 @@ class _TaskQueue:
         next_attempt) and no other worker serves: this worker moves there now, while
         the others go on with the fast work. Such a program has no extra try to make
         at a faster factor, so waiting for the fast work to run out would only leave
-        the reboot and its renders for the batch's tail."""
+        the reboot and its renders for the batch's tail. A lone worker gains nothing
+        by moving early (no other goes on), and would then render the fast work slowly."""
+        if not any(wf == factor for w, wf in self._worker_factors.items() if w != worker):
+            return None
         for slower in sorted((f for f in self._by_factor if f < factor), reverse=True):
             if any(t.max_factor for t in self._by_factor[slower]) and not any(
                     wf == slower for w, wf in self._worker_factors.items() if w != worker):

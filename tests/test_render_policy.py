@@ -262,8 +262,9 @@ def test_audio_clock_keeps_the_peak_dsp_load_of_a_span():
 
 def test_one_worker_moves_down_at_once_for_a_heavy_program_and_goes_on_at_its_speed():
     q = _TaskQueue(threading.Event())
-    for name in "ab":
+    for name in "wab":
         q.put(_Task(render.Job(name, "t", ""), 8.0))
+    assert q.get(8.0, 1).job.id == "w"  # worker 1 is rendering at x8
     q.put(next_attempt(_Task(render.Job("heavy", "t", ""), 8.0, attempts=1),
                        ClipResult("xrun", dsp_load=50.0), 5))
     first = q.get(8.0, 0)  # fast work is waiting, but the heavy program gets a worker now
@@ -285,3 +286,12 @@ def test_jacks_refusal_of_scsynth_is_told_from_a_boot_that_went_well():
               "self-connect-mode is \"Don't restrict self connect requests\"\n")
     assert all(SCSYNTH_REFUSED_RE.search(text) for text in refused)
     assert not SCSYNTH_REFUSED_RE.search(booted)
+
+
+def test_a_lone_worker_finishes_the_fast_work_before_moving_down_for_a_heavy_program():
+    q = _TaskQueue(threading.Event())
+    q.put(_Task(render.Job("a", "t", ""), 8.0))
+    q.put(next_attempt(_Task(render.Job("heavy", "t", ""), 8.0, attempts=1),
+                       ClipResult("xrun", dsp_load=50.0), 5))
+    assert [q.get(8.0, 0).job.id, q.done()] == ["a", None]  # no other worker would go on
+    assert q.get(8.0, 0).factor == 4.0
