@@ -87,11 +87,18 @@ CLOCK_POLL_S = 0.05  # real seconds between /status requests
 CLOCK_SETTLE_S = 5.0
 _STATUS_REQUEST = OscMessageBuilder("/status").build().dgram
 BOOTED_LINE = "Sonic Pi Server successfully booted."
-# jackd's lines when scsynth's JACK client could not be opened. Seen in the first boots
-# of a batch started right after another (a bench's accelerated run after its real-time
-# one; the cause was not found): 4 of 6 boots, each costing Sonic Pi's 60 s of its clock
-# (7.5 s at x8) before it gave up; the next boots of the same workers came up.
-SCSYNTH_REFUSED_RE = re.compile(r"(Cannot connect to client|new_client fails) name = SuperCollider")
+# scsynth's JACK client name, one per JACK server name. JACK 2 gives each client a
+# notification socket named after the client alone (/dev/shm/jack_<client>_<uid>_0),
+# not after its server: when two scsynths of the default name "SuperCollider" opened
+# their clients at once on two servers, each unlinked the other's socket and one server
+# could not reach its client ("Cannot connect to client name = SuperCollider"). Measured:
+# 4 of 6 first boots of a bench batch lost that way, 1 of 18 boots when 6 boot at once;
+# two jack_lsp clients started together on two servers failed 33 of 40 times, one after
+# the other 0 of 80. scsynth takes the name from -H "server:client"; see SCSYNTH_SHIM.
+SCSYNTH_CLIENT_PREFIX = "scsynth-"
+# jackd's lines when scsynth's JACK client could not be opened all the same
+SCSYNTH_REFUSED_RE = re.compile(r"(Cannot connect to client|new_client fails) name = "
+                                + SCSYNTH_CLIENT_PREFIX)
 BOOT_FAILED_LINES = ("Failed to start server", "Unable to connect to SuperCollider",
                      "Port unavailable", "Exception when opening")
 CLIENT_ID = "sonicpi-gen"
@@ -102,11 +109,13 @@ CLIENT_ID = "sonicpi-gen"
 JACK_SLOTS = 8
 JACK_NAME_LOCKS = Path(os.environ.get("TMPDIR", "/tmp"))
 # Bash launcher: jackd first (the server only boots scsynth against a running JACK),
-# then exec the Ruby server so its pid is the launcher's pid.
+# then exec the Ruby server so its pid is the launcher's pid. JACK is probed with
+# jack_lsp, one probe at a time machine-wide: all are JACK clients named "lsp", which
+# collide like scsynth's (see SCSYNTH_CLIENT_PREFIX) when servers boot side by side.
 LAUNCHER = r"""
 jackd -P %(priority)d -n "$JACK_DEFAULT_SERVER" -d dummy -r %(rate)d -p %(period)d > "$SPG_DIR/jackd.log" 2>&1 &
 echo $! > "$SPG_DIR/jackd.pid"
-for i in $(seq 200); do jack_lsp > /dev/null 2>&1 && break; sleep 0.05; done
+for i in $(seq 200); do flock "$SPG_JACK_PROBE_LOCK" jack_lsp > /dev/null 2>&1 && break; sleep 0.05; done
 exec "%(ruby)s" "%(server_rb)s" -u "$@"
 """
 # Sonic Pi records the pid of every process it starts by running a second Ruby,
@@ -127,6 +136,16 @@ case "$1" in
 esac
 exec "%(ruby)s" "$@"
 """
+# Sonic Pi starts `scsynth` from the PATH, where this stand-in gives it its JACK client
+# name (see SCSYNTH_CLIENT_PREFIX). Sonic Pi then connects "SuperCollider:out_1" and
+# "out_2" to JACK's playback ports, and "in_1" and "in_2" to its capture ports, with
+# four jack_connect runs; under the new name scsynth makes those connections itself,
+# from the SC_JACK_DEFAULT_* variables set for the stack, so jack_connect's stand-in
+# does nothing (each run would open a JACK client that fails, and that collides).
+SCSYNTH_SHIM = r"""#!/bin/sh
+exec "%(scsynth)s" "$@" -H "$JACK_DEFAULT_SERVER:%(client)s"
+"""
+JACK_CONNECT_SHIM = "#!/bin/sh\nexit 0\n"
 
 
 class ServerError(RuntimeError):
@@ -424,7 +443,10 @@ class SonicPiServer:
             raise
         env = dict(os.environ, HOME=str(self.workdir / "home"), TMPDIR=str(self.workdir / "tmp"),
                    SPG_DIR=str(self.workdir), JACK_NO_AUDIO_RESERVATION="1",
-                   JACK_DEFAULT_SERVER=self.jack_name)
+                   SPG_JACK_PROBE_LOCK=str(JACK_NAME_LOCKS / "sonicpi-gen-jack-probe.lock"),
+                   JACK_DEFAULT_SERVER=self.jack_name,
+                   SC_JACK_DEFAULT_OUTPUTS="system:playback_1,system:playback_2",
+                   SC_JACK_DEFAULT_INPUTS="system:capture_1,system:capture_2")
         preload = [str(STDBUF_LIB)] if STDBUF_LIB.exists() else []
         env.update(_STDBUF_O="L", _STDBUF_E="L")
         if self.acceleration != 1.0:
@@ -435,8 +457,13 @@ class SonicPiServer:
         ruby = shutil.which("ruby") or "ruby"
         shim_dir = self.workdir / "bin"
         shim_dir.mkdir()
-        (shim_dir / "ruby").write_text(RUBY_SHIM % {"ruby": ruby})
-        (shim_dir / "ruby").chmod(0o755)
+        shims = {"ruby": RUBY_SHIM % {"ruby": ruby},
+                 "scsynth": SCSYNTH_SHIM % {"scsynth": shutil.which("scsynth"),
+                                            "client": SCSYNTH_CLIENT_PREFIX + self.jack_name},
+                 "jack_connect": JACK_CONNECT_SHIM}
+        for name, text in shims.items():
+            (shim_dir / name).write_text(text)
+            (shim_dir / name).chmod(0o755)
         env["PATH"] = f"{shim_dir}{os.pathsep}{env.get('PATH', os.defpath)}"
         script = LAUNCHER % {"rate": SAMPLE_RATE, "period": JACK_PERIOD, "server_rb": SERVER_RB,
                              "ruby": ruby, "priority": JACK_PRIORITY}

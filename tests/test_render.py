@@ -80,6 +80,24 @@ def test_scsynth_clock_is_polled_and_steady_on_an_idle_server(server):
     assert sorted(drifts)[2] < MAX_CLOCK_DRIFT_S, drifts
 
 
+def test_scsynth_has_a_jack_client_name_of_its_own_and_its_default_connections(server):
+    # one name per JACK server, so that servers booting side by side do not collide on
+    # JACK's client sockets; the ports connected as Sonic Pi connects "SuperCollider"'s
+    listing = subprocess.run(["jack_lsp", "-s", server.jack_name, "-c"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+    client = f"scsynth-{server.jack_name}"
+    connections, port = {}, None
+    for line in listing.splitlines():
+        if line.startswith(" "):
+            connections.setdefault(port, []).append(line.strip())
+        else:
+            port = line
+    assert not [p for p in connections if p.startswith("SuperCollider:")]
+    assert {f"{client}:{p}": connections.get(f"{client}:{p}") for p in ("out_1", "out_2", "in_1", "in_2")} == {
+        f"{client}:out_1": ["system:playback_1"], f"{client}:out_2": ["system:playback_2"],
+        f"{client}:in_1": ["system:capture_1"], f"{client}:in_2": ["system:capture_2"]}
+
+
 def test_metronome_lands_on_the_grid_and_the_clip_is_exactly_18_s(server):
     result = render_clip_retrying(server, METRONOME)
     assert result.status == "ok", result.message

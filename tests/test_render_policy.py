@@ -279,9 +279,9 @@ def test_one_worker_moves_down_at_once_for_a_heavy_program_and_goes_on_at_its_sp
 def test_jacks_refusal_of_scsynth_is_told_from_a_boot_that_went_well():
     from renderer.server import SCSYNTH_REFUSED_RE
 
-    refused = ["Cannot connect to client name = SuperCollider",
+    refused = ["Cannot connect to client name = scsynth-sonicpi-gen-3",
                "ClientNotify fails name = system notification = 0 val1 = 0 val2 = 0\n"
-               "NotifyAddClient new_client fails name = SuperCollider"]
+               "NotifyAddClient new_client fails name = scsynth-sonicpi-gen-0"]
     booted = ("JACK server starting in realtime mode with priority 70\n"
               "self-connect-mode is \"Don't restrict self connect requests\"\n")
     assert all(SCSYNTH_REFUSED_RE.search(text) for text in refused)
