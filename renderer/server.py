@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import queue
@@ -24,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -86,6 +88,10 @@ CLOCK_POLL_S = 0.05  # real seconds between /status requests
 # drifted with the wait), so the wait would only delay the retries.
 CLOCK_SETTLE_S = 5.0
 _STATUS_REQUEST = OscMessageBuilder("/status").build().dgram
+# scsynth's reply, as it lays it out: address, type tags, then [1, ugens, synths, groups,
+# synthdefs, average DSP load %, peak DSP load %, nominal sample rate, measured rate]
+_STATUS_REPLY_HEAD = b"/status.reply\0\0\0,iiiiiffdd\0\0"
+_STATUS_REPLY_VALUES = struct.Struct(">5i2f2d")
 BOOTED_LINE = "Sonic Pi Server successfully booted."
 # scsynth's JACK client name, one per JACK server name. JACK 2 gives each client a
 # notification socket named after the client alone (/dev/shm/jack_<client>_<uid>_0),
@@ -333,16 +339,29 @@ class AudioClock:
         """The highest DSP load scsynth reported from `start` to `end`: its audio
         callbacks' average share (%) of their period, as JACK measures it; None if it
         reported none."""
-        with self._lock:
-            loads = [load for at, load in self._loads if start < at <= end]
+        loads = [load for _, load in self._window(self._loads, start, end)]
         return max(loads) if loads else None
 
     def __len__(self) -> int:
         return len(self._samples)
 
-    def _between(self, start: float, end: float) -> list[tuple[float, float]]:
+    def _window(self, history: deque, start: float, end: float) -> list[tuple[float, float]]:
+        """The entries of `history` from `start` to `end`, oldest first. Read from the
+        newest back: the windows asked for are a clip's last seconds, and each worker
+        asks every FAULT_CHECK_S (scanning all two minutes was a tenth of the
+        renderer's own CPU)."""
+        found = []
         with self._lock:
-            return [(at, ratio) for at, ratio in self._samples if start < at <= end]
+            for at, value in reversed(history):
+                if at <= start:
+                    break
+                if at <= end:
+                    found.append((at, value))
+        found.reverse()
+        return found
+
+    def _between(self, start: float, end: float) -> list[tuple[float, float]]:
+        return self._window(self._samples, start, end)
 
     def drift_s(self, start: float, end: float, acceleration: float) -> float:
         """The largest drift, in the server's seconds, between any two moments from
@@ -568,6 +587,14 @@ class SonicPiServer:
                 if self.on_spawn:
                     self.on_spawn(self.jackd_pid)  # jackd makes its own session
 
+    @functools.cached_property
+    def _jackd_log(self) -> str:  # as strings: read every FAULT_CHECK_S by each worker
+        return str(self.workdir / "jackd.log")
+
+    @functools.cached_property
+    def _scsynth_log(self) -> str:
+        return str(self.workdir / "home/.sonic-pi/log/scsynth.log")
+
     @property
     def scsynth_shm(self) -> Path:
         """scsynth's shared memory segment, named after its port."""
@@ -636,17 +663,18 @@ class SonicPiServer:
     # -- OSC -----------------------------------------------------------------------
 
     def _listen_gui(self, port: int) -> None:
-        """Receive what the server sends its GUI: errors, log lines, run completion."""
+        """Receive what the server sends its GUI (errors, log lines, run completion) and
+        scsynth's status replies (see _poll_clock)."""
         def receive(address, *args):
-            if address == "/status.reply":  # scsynth's, to _poll_clock
-                if len(args) >= 9:  # [1, ugens, synths, groups, defs, avg cpu %, peak cpu %, sr, sr]
+            if address == "/status.reply":  # one laid out otherwise than _STATUS_REPLY_HEAD
+                if len(args) >= 9:
                     self.clock.add(time.monotonic(), args[7], args[8], args[5])
                 return
             if address == "/runs/all-completed":
                 self.idle.set()
             self.messages.put(GuiMessage(time.monotonic(), address, args))
 
-        dispatcher = Dispatcher()
+        dispatcher = _GuiDispatcher(self.clock)
         dispatcher.set_default_handler(receive)
         # One thread for all messages (a thread per message costs more than the message):
         # they stay in order, which the clip logic relies on.
@@ -685,8 +713,7 @@ class SonicPiServer:
         (scsynth got an event more than LATE_TOLERANCE_S after its time and played it
         late; scsynth logs "late <seconds>"). The logs are read from where the last call
         stopped."""
-        for name, path in (("xrun", self.workdir / "jackd.log"),
-                           ("late", self.workdir / "home/.sonic-pi/log/scsynth.log")):
+        for name, path in (("xrun", self._jackd_log), ("late", self._scsynth_log)):
             try:
                 with open(path, "rb") as log:
                     log.seek(self._log_offsets.get(name, 0))
@@ -701,6 +728,34 @@ class SonicPiServer:
                 elif name == "late" and line.startswith("late ") and _lateness(line) > LATE_TOLERANCE_S:
                     self._faults["late"] += 1
         return dict(self._faults)
+
+
+class _GuiDispatcher(Dispatcher):
+    """pythonosc's dispatcher, except that scsynth's status replies, 20 a second from
+    each server, go from their bytes straight to the clock, and the cues Sonic Pi shows
+    its GUI (/incoming/osc, some 85 per clip) are dropped unread: parsing them as OSC was
+    most of the renderer's own CPU, on a machine whose cores the servers need."""
+
+    def __init__(self, clock: AudioClock):
+        super().__init__()
+        self._clock = clock
+
+    def call_handlers_for_packet(self, data: bytes, client_address) -> list:
+        if data.startswith(b"/incoming/osc\0"):
+            return []
+        values = parse_status_reply(data)
+        if values is None:
+            return super().call_handlers_for_packet(data, client_address)
+        self._clock.add(time.monotonic(), values[7], values[8], values[5])
+        return []
+
+
+def parse_status_reply(data: bytes) -> tuple | None:
+    """The values of scsynth's /status.reply datagram, or None for any other datagram."""
+    if len(data) != len(_STATUS_REPLY_HEAD) + _STATUS_REPLY_VALUES.size \
+            or not data.startswith(_STATUS_REPLY_HEAD):
+        return None
+    return _STATUS_REPLY_VALUES.unpack_from(data, len(_STATUS_REPLY_HEAD))
 
 
 def _lateness(line: str) -> float:

@@ -196,6 +196,25 @@ def test_audio_clock_drift_integrates_the_rate_error_over_the_span():
     assert swing.drift_s(0.0, 2.0, 8.0) == pytest.approx(80e-6, rel=1e-3)
     assert swing.drift_s(0.0, 2.0, 8.0) > swing.drift_s(0.0, 2.0, 1.0)
     assert AudioClock().drift_s(0.0, 2.0, 8.0) == 0.0  # no replies: nothing to tell
+    # a window is counted from its start, exclusive, to its end, inclusive
+    assert clock.drift_s(0.5, 1.0, 8.0) == pytest.approx(40e-6, rel=1e-3)
+    assert clock.drift_s(0.5, 0.5, 8.0) == 0.0
+
+
+def test_scsynths_status_reply_is_read_from_its_bytes_and_nothing_else_is():
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    from renderer.server import parse_status_reply
+
+    reply = OscMessageBuilder("/status.reply")
+    for value, kind in ((1, "i"), (12, "i"), (3, "i"), (2, "i"), (180, "i"), (2.5, "f"),
+                        (7.25, "f"), (44100.0, "d"), (44100.317, "d")):
+        reply.add_arg(value, kind)
+    assert parse_status_reply(reply.build().dgram) == (1, 12, 3, 2, 180, 2.5, 7.25, 44100.0, 44100.317)
+    log_line = OscMessageBuilder("/log/info")
+    log_line.add_arg("/status.reply")
+    assert parse_status_reply(log_line.build().dgram) is None
+    assert parse_status_reply(reply.build().dgram[:-8]) is None
 
 
 def test_port_blocks_given_to_concurrent_boots_never_overlap_until_given_back():
