@@ -261,10 +261,12 @@ class _TaskQueue:
     - a worker that was moved down renders tasks due at up to twice its factor at its
       own, rather than rebooting back up;
     - only then does a worker take the fastest factor waiting and reboot its server
-      there: once per factor, not once per retried clip, and no more workers move to a
-      factor than it has tasks waiting (a boot is seconds of CPU on a machine whose
-      other servers are rendering; six reboots for two retries stalled the clips
-      around them).
+      there, and no more workers move to a factor than it has tasks waiting beyond the
+      idle workers already there (a boot is seconds of CPU on a machine whose other
+      servers are rendering; six reboots for two retries stalled the clips around
+      them). Workers busy there do count: a bench batch's last two clips, sent to x4
+      together, waited for one worker's reboot (11 s) and renders one after the other
+      while five workers idled.
     `get` waits while other workers' tasks may still come back for a retry."""
 
     def __init__(self, stop: threading.Event):
@@ -273,6 +275,7 @@ class _TaskQueue:
         self._by_factor: dict[float, deque] = {}
         self._in_flight = 0
         self._worker_factors: dict[int, float] = {}  # the factor each worker last took
+        self._busy: set[int] = set()  # workers with a task in flight
 
     def put(self, task: _Task, front: bool = False) -> None:
         with self._cond:
@@ -283,6 +286,7 @@ class _TaskQueue:
     def get(self, factor: float, worker: int = 0) -> _Task | None:
         """The next task for a worker whose server runs at `factor`; None when all is done."""
         with self._cond:
+            self._busy.discard(worker)  # asking for work: its last task is done
             while not self._stop.is_set():
                 waiting = {f: len(tasks) for f, tasks in self._by_factor.items() if tasks}
                 if not waiting and not self._in_flight:
@@ -298,10 +302,12 @@ class _TaskQueue:
                 if task is not None:
                     self._in_flight += 1
                     self._worker_factors[worker] = factor
+                    self._busy.add(worker)
                     return task
-                # the fastest factor that has more tasks waiting than workers at it
+                # the fastest factor that has more tasks waiting than idle workers at it
                 movable = [f for f, count in waiting.items() if count > sum(
-                    1 for w, wf in self._worker_factors.items() if wf == f and w != worker)]
+                    1 for w, wf in self._worker_factors.items()
+                    if wf == f and w != worker and w not in self._busy)]
                 if movable:
                     chosen = max(movable)
                     break
@@ -310,6 +316,7 @@ class _TaskQueue:
                 return None
             self._in_flight += 1
             self._worker_factors[worker] = chosen
+            self._busy.add(worker)
             return self._by_factor[chosen].popleft()
 
     def _unserved_heavy_factor(self, factor: float, worker: int) -> float | None:
@@ -346,15 +353,18 @@ class _TaskQueue:
                     return replace(task, factor=factor, fallback=slower, extra_tries=1)
         return None
 
-    def done(self) -> None:
+    def done(self, worker: int | None = None) -> None:
+        """A task handed out by `get` is finished (or queued again)."""
         with self._cond:
             self._in_flight -= 1
+            self._busy.discard(worker)
             self._cond.notify_all()
 
     def leave(self, worker: int) -> None:
         """A worker has stopped: its factor's tasks are free for the others."""
         with self._cond:
             self._worker_factors.pop(worker, None)
+            self._busy.discard(worker)
             self._cond.notify_all()
 
 
@@ -428,7 +438,7 @@ class _Worker(threading.Thread):
                 try:
                     self._attempt(task)
                 finally:
-                    tasks.done()
+                    tasks.done(self.index)
         except BaseException as err:  # reported by the main thread
             self.error = err
         finally:

@@ -82,26 +82,29 @@ def test_queue_waits_for_tasks_in_flight_that_may_come_back():
     assert (got[0].factor, got[0].fallback) == (16.0, 8.0) and got[0].job is JOB
 
 
-def test_no_more_workers_move_to_a_slower_factor_than_it_has_tasks():
+def test_no_more_workers_move_to_a_slower_factor_than_it_has_tasks_beyond_idle_workers():
     q = _TaskQueue(threading.Event())
-    for name in "abc":
+    for name in "abcd":
         q.put(_Task(render.Job(name, "t", ""), 8.0))
-    assert [q.get(8.0, worker).factor for worker in range(3)] == [8.0] * 3
+    assert [q.get(8.0, worker).factor for worker in range(4)] == [8.0] * 4
     for name in ("slow1", "slow2", "slow3"):  # their extra try at x8 made already
         q.put(_Task(render.Job(name, "t", ""), 4.0, extra_tries=1))
-    for _ in range(3):
-        q.done()
-    # three waiting, none at x4: worker 0 moves; two waiting, one at x4: worker 1 too
-    assert [q.get(8.0, 0).job.id, q.get(8.0, 1).job.id] == ["slow1", "slow2"]
+    for worker in range(3):
+        q.done(worker)
+    # none at x4: worker 0 moves; then worker 1, and worker 2, though workers are at
+    # x4 by then: they are busy, and a task waiting for them waits out their renders
+    assert [q.get(8.0, w).job.id for w in range(3)] == ["slow1", "slow2", "slow3"]
+    q.done(0)
+    q.done(2)
+    q.put(_Task(render.Job("slow4", "t", ""), 4.0, extra_tries=1))  # one comes back
     got = []
-    waiter = threading.Thread(target=lambda: got.append(q.get(8.0, 2)), daemon=True)
+    waiter = threading.Thread(target=lambda: got.append(q.get(8.0, 3)), daemon=True)
     waiter.start()
     waiter.join(timeout=0.3)
-    assert waiter.is_alive(), "one task waiting at x4 and two workers there: worker 2 waits"
-    q.done()
-    assert q.get(4.0, 0).job.id == "slow3"  # a worker at x4 takes it
-    q.done()
-    q.done()
+    assert waiter.is_alive(), "one task waiting at x4 and two idle workers there: worker 3 waits"
+    assert q.get(4.0, 0).job.id == "slow4"  # a worker at x4 takes it
+    for worker in (0, 1, 3):
+        q.done(worker)
     waiter.join(timeout=5)
     assert got == [None]  # all done
 
