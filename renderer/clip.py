@@ -16,6 +16,7 @@ headrooms per clip.
 
 from __future__ import annotations
 
+import functools
 import html
 import queue
 import re
@@ -71,6 +72,21 @@ TIME_KEEPING_FAILURES = ("timing", *SCHEDULING_FAULTS)
 # How often (real seconds) a playing clip's time keeping is checked: a failed clip is
 # ended within this, not played to its end (at x8 a clip plays 2.8 s).
 FAULT_CHECK_S = 0.25
+
+
+# Sonic Pi's built-in samples, one file per name (see SonicPiServer.preload_samples)
+SAMPLES_DIR = Path("/usr/share/sonic-pi/samples")
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_sample_names() -> frozenset[str]:
+    return frozenset(path.stem for path in SAMPLES_DIR.glob("*.flac"))
+
+
+def builtin_samples_in(code: str) -> list[str]:
+    """The built-in samples a program names as symbols (:loop_amen), sorted; samples
+    named otherwise (strings, paths) are loaded by Sonic Pi as it plays them."""
+    return sorted(set(re.findall(r":(\w+)", code)) & _builtin_sample_names())
 
 
 class ShortRecording(ServerError):
@@ -206,6 +222,7 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     # with the freeing for Ruby's event thread (measured: its waits for scsynth time out
     # under acceleration) and the old run's tail can sound in its recording.
     _wait_runs_ended(server)
+    server.preload_samples(builtin_samples_in(code))
     faults_before = server.scheduling_faults()
     server.drain_messages()
     server.run_code(wrap_program(code, take, sched_ahead, stop_ahead))

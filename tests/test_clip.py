@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from renderer.clip import (CLIP_BEATS, CLIP_FRAMES, MARKER_LEAD_BEATS, MARKER_LEAD_S, PRE_ROLL_BEATS,
-                           TAIL_BEATS, ShortRecording, clean_message, cut_clip, find_marker, measure_levels,
-                           wrap_program)
+                           SAMPLES_DIR, TAIL_BEATS, ShortRecording, builtin_samples_in, clean_message,
+                           cut_clip, find_marker, measure_levels, wrap_program)
 from renderer.fidelity import envelope_correlation, grid_error, onset_times, spectrum_similarity
 from renderer.server import SAMPLE_RATE, ServerError
 
@@ -125,3 +125,11 @@ def test_a_clip_that_failed_to_keep_time_is_ended_while_it_plays():
     assert (result.status, result.message, len(checks)) == ("drift", "3.1 ms", 3)
     # without a failure it waits for the save, here until its time-out
     assert _wait_for_save(_QuietServer(), Path("take.wav"), 0.6).status == "timeout"
+
+
+@pytest.mark.skipif(not SAMPLES_DIR.is_dir(), reason="Sonic Pi's samples are not installed")
+def test_the_built_in_samples_a_program_names_are_found_and_nothing_else():
+    code = ("live_loop :drums do\n  sample :loop_amen, beat_stretch: 2\n  sample [:bd_haus, :sn_dolf].choose\n"
+            "  synth :square, note: :c2\n  with_fx :reverb do sample \"/my/own.wav\" end\n  sleep 2\nend\n")
+    assert builtin_samples_in(code) == ["bd_haus", "loop_amen", "sn_dolf"]
+    assert builtin_samples_in("play :e4; sleep 1") == []

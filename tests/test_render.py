@@ -98,6 +98,16 @@ def test_scsynth_has_a_jack_client_name_of_its_own_and_its_default_connections(s
         f"{client}:in_1": ["system:capture_1"], f"{client}:in_2": ["system:capture_2"]}
 
 
+def test_samples_a_program_names_are_loaded_before_its_clip_and_once(server):
+    code = "sample :loop_breakbeat, beat_stretch: 2.875, amp: 0.5\nsleep 18"
+    result = render_clip_retrying(server, code)
+    assert result.status == "ok", result.message
+    assert "loop_breakbeat" in server.samples_loaded
+    server.drain_messages()
+    server.preload_samples(["loop_breakbeat"])  # loaded already: no run
+    assert server.idle.is_set() and not server.drain_messages()
+
+
 def test_metronome_lands_on_the_grid_and_the_clip_is_exactly_18_s(server):
     result = render_clip_retrying(server, METRONOME)
     assert result.status == "ok", result.message
