@@ -58,8 +58,8 @@ JACK_PRIORITY = 70
 # x16. Measured: 4 servers at x16 on 2 cores had frequent xruns at 2048, and
 # onsets stayed within 1.4 ms at 4096 (8192 gave late events and 3 ms errors).
 JACK_PERIOD = 4096
-# Real seconds to wait for "successfully booted": a boot takes 15-20 s in real time and
-# 3-5 s at x8 (up to 17 s among rendering servers), and Sonic Pi itself gives scsynth
+# Real seconds to wait for "successfully booted": a boot took 12 s in real time and
+# 4 s at x8 here, alone (up to 17 s among rendering servers), and Sonic Pi gives scsynth
 # 60 s of its clock. A bench batch lost 90 s to one x8 boot that hung.
 BOOT_TIMEOUT_S = 30.0  # plus 60 s of the server's clock
 MIN_SCHED_AHEAD_S = 1.0
@@ -576,7 +576,8 @@ class SonicPiServer:
         if not new:
             return
         self.run_code("; ".join(f"load_sample :{name}" for name in new))
-        self.wait_idle(timeout_s)
+        if not self.idle.wait(timeout_s):
+            raise ServerError(f"loading the samples {', '.join(new)} did not finish in {timeout_s:.0f} s")
         self.samples_loaded.update(new)
 
     def _poll_clock(self, gui) -> None:

@@ -93,7 +93,12 @@ def test_no_more_workers_move_to_a_slower_factor_than_it_has_tasks_beyond_idle_w
         q.done(worker)
     # none at x4: worker 0 moves; then worker 1, and worker 2, though workers are at
     # x4 by then: they are busy, and a task waiting for them waits out their renders
-    assert [q.get(8.0, w).job.id for w in range(3)] == ["slow1", "slow2", "slow3"]
+    assert [q.get(8.0, w).job.id for w in range(2)] == ["slow1", "slow2"]
+    third = []  # in a thread: a worker that waited instead would hang the test
+    taker = threading.Thread(target=lambda: third.append(q.get(8.0, 2)), daemon=True)
+    taker.start()
+    taker.join(timeout=5)
+    assert [task.job.id for task in third] == ["slow3"]
     q.done(0)
     q.done(2)
     q.put(_Task(render.Job("slow4", "t", ""), 4.0, extra_tries=1))  # one comes back
