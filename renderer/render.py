@@ -52,6 +52,14 @@ SLOWER_FACTORS = (32, 24, 16, 12, 8, 4, 2, 1)  # fall back along these
 # 5-22%; in a bench batch those two failed at x8 (twice, and once more on their extra
 # try) and at x4, then haunted-0 passed at x2 and cloud_beat-0 only in real time.
 HEAVY_LOAD_PERCENT = 40.0
+# A time-keeping failure is excused (retried at the same speed, not counted; see
+# next_attempt) when the server is younger than this in its own seconds, or when another
+# server failed so while the clip played. scsynth's estimate of its audio clock rings
+# for more than a minute of its time after a boot (measured, an idle server at x8: the
+# drift over a clip's span 13, 6.6, 2.3, 0.8, 1.8, 2.3, 2.2, 1.7, 1.2, 0.8, 0.3 and 0.1 ms,
+# one a second after its boot), so that a batch's first clips drift on every server.
+SETTLING_SERVER_S = 80.0
+MAX_EXCUSED = 3
 TARGET_LOAD_PERCENT = 25.0
 
 STATUS_SCHEMA = pa.schema([
@@ -202,6 +210,9 @@ class _Task:
     factor: float
     attempts: int = 0  # made so far
     hiccups: int = 0  # of those, ended by a scheduling fault or a timing error
+    # of those, failures the machine or a young server explains (see _Batch.excuses):
+    # they count neither as hiccups nor against the attempts, up to MAX_EXCUSED
+    excused: int = 0
     # A task sent to a slower factor gets one extra try at a faster one, from a worker
     # that has nothing left at its own (see _TaskQueue.get). While that try is made,
     # `fallback` holds the slower factor it returns to if the try fails; the try does not
@@ -217,7 +228,8 @@ def _slower(factor: float, divisor: float) -> float:
     return max([f for f in SLOWER_FACTORS if f <= max(factor / divisor, 1)], default=1)
 
 
-def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | None:
+def next_attempt(task: _Task, result: ClipResult, max_attempts: int,
+                 excused: bool = False) -> _Task | None:
     """The retry policy: the task's next attempt after `result`, or None if it was the last.
 
     - xrun, late event, clock drift, "too far behind time" (the machine, scsynth or
@@ -232,12 +244,19 @@ def next_attempt(task: _Task, result: ClipResult, max_attempts: int) -> _Task | 
       A program whose DSP load was high when it failed (HEAVY_LOAD_PERCENT) goes
       straight to a factor its load allows instead.
     - time-out or dead server: the same speed on a fresh server.
+    - `excused` (the failure was the machine's or a young server's, see _Batch.excuses):
+      the same speed, counted neither as a hiccup nor against the attempts, up to
+      MAX_EXCUSED times per program. Moving such a program down the ladder costs a
+      reboot at each step and fixes nothing that the next try does not.
     Program errors, silence and ok clips are final, and so is the last allowed attempt.
     An extra try at a faster factor (see _Task) that fails leaves the task as it was.
     """
     if task.fallback is not None:  # the extra try at a faster factor (see _Task)
         return replace(task, factor=task.fallback, fallback=None) if result.retryable else None
-    if not result.retryable or task.attempts - task.extra_tries >= max_attempts:
+    if (excused and task.excused < MAX_EXCUSED and result.status in TIME_KEEPING_FAILURES
+            and (result.dsp_load or 0.0) < HEAVY_LOAD_PERCENT):
+        return replace(task, excused=task.excused + 1)
+    if not result.retryable or task.attempts - task.extra_tries - task.excused >= max_attempts:
         return None
     factor, hiccups, max_factor = task.factor, task.hiccups, task.max_factor
     if result.status in TIME_KEEPING_FAILURES:
@@ -463,7 +482,12 @@ class _Worker(threading.Thread):
             result.status = "runtime_error"  # behind time in real time: the program's
         if self.batch.stop.is_set() and result.retryable:
             return  # cut short by Ctrl-C: not a result; the rerun renders it
-        retry = next_attempt(task, result, self.batch.max_attempts)
+        excused = False
+        if result.status in TIME_KEEPING_FAILURES and self.server is not None:
+            settling = (self.server.uptime_s() - result.render_s * self.server.acceleration
+                        < SETTLING_SERVER_S)
+            excused = self.batch.excuses(self.index, result.render_s, settling)
+        retry = next_attempt(task, result, self.batch.max_attempts, excused)
         if retry is None:
             self.batch.finish(task.job, result, task.attempts, task.factor, self.index, self.version)
             return
@@ -494,6 +518,8 @@ class _Batch:
         default_factory=lambda: threading.BoundedSemaphore(BOOT_CONCURRENCY))
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     rows: dict = field(default_factory=dict)
+    # (monotonic time, worker) of the last time-keeping failures, for `excuses`
+    time_keeping_failures: deque = field(default_factory=lambda: deque(maxlen=64))
     audio_s: float = 0.0
     rendered: int = 0
     failed: int = 0
@@ -501,6 +527,19 @@ class _Batch:
 
     def __post_init__(self):
         self.tasks = _TaskQueue(self.stop)
+
+    def excuses(self, worker: int, render_s: float, settling: bool) -> bool:
+        """Whether a time-keeping failure that `worker` met just now, in a clip of
+        `render_s` real seconds, is the machine's or its server's rather than the
+        program's: its server was `settling` (younger than SETTLING_SERVER_S of its own
+        seconds when the clip began), or another server failed so while the clip played
+        (a stretch of machine stalls: measured, all six servers' clips failing together
+        for 10 s). Notes the failure for the other workers."""
+        now = time.monotonic()
+        with self.write_lock:
+            others = any(at >= now - render_s and w != worker for at, w in self.time_keeping_failures)
+            self.time_keeping_failures.append((now, worker))
+        return others or settling
 
     def finish(self, job: Job, result: ClipResult, attempts: int, factor: float, worker: int,
                version: str) -> None:

@@ -408,6 +408,7 @@ class SonicPiServer:
     clock: AudioClock = field(default_factory=AudioClock)
     version: str = "unknown"
     samples_loaded: set = field(default_factory=set)  # built-in samples, see preload_samples
+    ready_at: float | None = None  # monotonic time the boot (and its settle) ended
     _faults: dict = field(default_factory=lambda: {"xrun": 0, "late": 0}, repr=False)
     _log_offsets: dict = field(default_factory=dict, repr=False)
     # shutdown() is called by a worker and, on Ctrl-C, by the main thread at once
@@ -434,6 +435,12 @@ class SonicPiServer:
             except BaseException:
                 self.shutdown()
                 raise
+        self.ready_at = time.monotonic()
+
+    def uptime_s(self) -> float:
+        """The server's own seconds since its boot ended (its clock runs `acceleration`
+        times faster than the real one)."""
+        return 0.0 if self.ready_at is None else (time.monotonic() - self.ready_at) * self.acceleration
 
     def _boot(self) -> None:
         if not sonic_pi_installed():

@@ -1,6 +1,7 @@
 """The batch renderer's retry policy and task queue, with the server and clip renderer faked."""
 
 import threading
+import time
 
 import pytest
 
@@ -37,6 +38,33 @@ def test_scheduling_faults_are_retried_at_the_same_speed_once_then_slower():
 def test_the_default_attempts_end_in_real_time():
     tried, task = attempts(["drift"] * 10, max_attempts=render.DEFAULT_MAX_ATTEMPTS)
     assert tried == [8.0, 8.0, 4.0, 2.0, 1.0] and task is None
+
+
+def test_excused_failures_stay_at_the_speed_and_cost_no_attempt_up_to_a_bound():
+    task = _Task(JOB, 8.0, attempts=1)
+    for n in range(1, render.MAX_EXCUSED + 1):
+        task = next_attempt(task, ClipResult("drift"), 2, excused=True)
+        assert (task.factor, task.hiccups, task.excused) == (8.0, 0, n)
+        task.attempts += 1
+    # past the bound an excused failure counts as any other: once more, then slower
+    task = next_attempt(task, ClipResult("xrun"), 2, excused=True)
+    assert (task.factor, task.hiccups) == (8.0, 1)
+    task.attempts += 1
+    assert next_attempt(task, ClipResult("drift"), 2, excused=True) is None  # 2 counted attempts
+    # a heavy program's failure is its own, and a program's error is never excused
+    heavy = next_attempt(_Task(JOB, 8.0, attempts=1), ClipResult("drift", dsp_load=80.0), 5, excused=True)
+    assert heavy.factor < 8.0 and heavy.excused == 0
+    assert next_attempt(_Task(JOB, 8.0, attempts=1), ClipResult("runtime_error"), 5, excused=True) is None
+
+
+def test_a_failure_is_excused_when_another_server_failed_during_the_clip_or_its_server_settles(tmp_path):
+    batch = render._Batch(tmp_path, tmp_path / ".work", 8.0, 0.3, 5, None, 0.01, "flac",
+                          watchdog=None, progress=None)
+    assert not batch.excuses(0, 3.0, settling=False)  # alone: the program's
+    assert batch.excuses(0, 3.0, settling=True)
+    assert batch.excuses(1, 3.0, settling=False)  # worker 0 failed while this clip played
+    time.sleep(0.02)
+    assert not batch.excuses(1, 0.01, settling=False)  # none from others in the last 10 ms
 
 
 def test_timeouts_and_dead_servers_retry_at_the_same_speed():
@@ -134,6 +162,9 @@ class FakeServer:
     def alive(self):
         return True
 
+    def uptime_s(self):
+        return 1e6  # settled (see render.SETTLING_SERVER_S)
+
     def shutdown(self):
         pass
 
@@ -164,6 +195,25 @@ def test_workers_reboot_once_per_factor_and_retries_wait_for_the_fast_work(monke
     assert rendered[:3] == [("0", 16.0), ("1", 16.0), ("1", 16.0)]
     assert rendered[-2:] == [("1", 16.0), ("1", 8.0)] and len(rendered) == 11
     assert batch.rows["1"]["attempts"] == 4 and batch.rows["1"]["acceleration"] == 8.0
+
+
+def test_a_young_servers_drifts_keep_the_program_at_its_speed(monkeypatch, tmp_path):
+    """Drifts on a server still settling after its boot are excused: the program is
+    rendered again at x8 on the same server, not sent down to x4 (a reboot)."""
+    FakeServer.boots = []
+    results = iter(["drift", "drift", "drift", "ok"])
+    monkeypatch.setattr(render, "render_clip", lambda *a: ClipResult(next(results), render_s=1.0))
+    monkeypatch.setattr(FakeServer, "uptime_s", lambda self: 0.0)
+    batch = render._Batch(tmp_path, tmp_path / ".work", 8.0, 0.3, 5, None, 0.01, "flac",
+                          watchdog=None, progress=None)
+    monkeypatch.setattr(batch, "finish", lambda job, result, attempts, factor, *a: batch.rows.update(
+        {job.id: (result.status, attempts, factor)}))
+    batch.tasks.put(_Task(JOB, 8.0))
+    worker = render._Worker(0, batch)
+    monkeypatch.setattr(worker, "_start_server", lambda f: setattr(worker, "server", FakeServer(f)) or worker.server)
+    worker.run()
+    assert worker.error is None
+    assert FakeServer.boots == [8.0] and batch.rows[JOB.id] == ("ok", 4, 8.0)
 
 
 def test_a_slower_task_gets_one_extra_try_at_a_faster_factor_that_costs_no_attempt():
