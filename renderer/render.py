@@ -228,6 +228,13 @@ def _slower(factor: float, divisor: float) -> float:
     return max([f for f in SLOWER_FACTORS if f <= max(factor / divisor, 1)], default=1)
 
 
+def stall_window_s(factor: float, headroom_s: float) -> float:
+    """How far back (real seconds) another server's time-keeping failure tells of a
+    stretch of stalls: two whole clips at `factor` (a failed clip is often ended early,
+    and the servers' clips do not start together)."""
+    return 2 * (CLIP_SECONDS + 2.0) / factor + headroom_s
+
+
 def next_attempt(task: _Task, result: ClipResult, max_attempts: int,
                  excused: bool = False) -> _Task | None:
     """The retry policy: the task's next attempt after `result`, or None if it was the last.
@@ -246,15 +253,16 @@ def next_attempt(task: _Task, result: ClipResult, max_attempts: int,
     - time-out or dead server: the same speed on a fresh server.
     - `excused` (the failure was the machine's or a young server's, see _Batch.excuses):
       the same speed, counted neither as a hiccup nor against the attempts, up to
-      MAX_EXCUSED times per program. Moving such a program down the ladder costs a
-      reboot at each step and fixes nothing that the next try does not.
+      MAX_EXCUSED times per program, whatever its DSP load (a stall inflates the load
+      read: in a bench batch during stalls, light programs went straight to x2). Moving
+      such a program down the ladder costs a reboot at each step and fixes nothing that
+      the next try does not.
     Program errors, silence and ok clips are final, and so is the last allowed attempt.
     An extra try at a faster factor (see _Task) that fails leaves the task as it was.
     """
     if task.fallback is not None:  # the extra try at a faster factor (see _Task)
         return replace(task, factor=task.fallback, fallback=None) if result.retryable else None
-    if (excused and task.excused < MAX_EXCUSED and result.status in TIME_KEEPING_FAILURES
-            and (result.dsp_load or 0.0) < HEAVY_LOAD_PERCENT):
+    if excused and task.excused < MAX_EXCUSED and result.status in TIME_KEEPING_FAILURES:
         return replace(task, excused=task.excused + 1)
     if not result.retryable or task.attempts - task.extra_tries - task.excused >= max_attempts:
         return None
@@ -286,7 +294,8 @@ class _TaskQueue:
       them). Workers busy there do count: a bench batch's last two clips, sent to x4
       together, waited for one worker's reboot (11 s) and renders one after the other
       while five workers idled.
-    `get` waits while other workers' tasks may still come back for a retry."""
+    `get` returns None (the worker is done) as soon as no task waits: a task still in
+    flight that fails comes back to its own worker."""
 
     def __init__(self, stop: threading.Event):
         self._stop = stop
@@ -308,7 +317,13 @@ class _TaskQueue:
             self._busy.discard(worker)  # asking for work: its last task is done
             while not self._stop.is_set():
                 waiting = {f: len(tasks) for f, tasks in self._by_factor.items() if tasks}
-                if not waiting and not self._in_flight:
+                if not waiting:
+                    # The queue only refills from failures of tasks in flight, and each
+                    # comes back to the worker that rendered it, free then: this one ends
+                    # its server now rather than idle beside the batch's last clips (an
+                    # idle server at x8 still takes CPU from them) and then shut down
+                    # with the others at the end (measured: 2.0 s from the last clip to
+                    # the batch's end, six shutdowns side by side).
                     return None
                 heavy = self._unserved_heavy_factor(factor, worker)
                 if heavy is not None:
@@ -484,9 +499,12 @@ class _Worker(threading.Thread):
             return  # cut short by Ctrl-C: not a result; the rerun renders it
         excused = False
         if result.status in TIME_KEEPING_FAILURES and self.server is not None:
-            settling = (self.server.uptime_s() - result.render_s * self.server.acceleration
-                        < SETTLING_SERVER_S)
-            excused = self.batch.excuses(self.index, result.render_s, settling)
+            # a young server's failure under a high DSP load is the program's weight
+            # (see next_attempt); in a stretch of stalls the load reads high anyway
+            settling = ((result.dsp_load or 0.0) < HEAVY_LOAD_PERCENT and self.server.uptime_s()
+                        - result.render_s * self.server.acceleration < SETTLING_SERVER_S)
+            excused = self.batch.excuses(self.index, stall_window_s(task.factor, self.batch.headroom_s),
+                                         settling)
         retry = next_attempt(task, result, self.batch.max_attempts, excused)
         if retry is None:
             self.batch.finish(task.job, result, task.attempts, task.factor, self.index, self.version)
@@ -528,16 +546,16 @@ class _Batch:
     def __post_init__(self):
         self.tasks = _TaskQueue(self.stop)
 
-    def excuses(self, worker: int, render_s: float, settling: bool) -> bool:
-        """Whether a time-keeping failure that `worker` met just now, in a clip of
-        `render_s` real seconds, is the machine's or its server's rather than the
-        program's: its server was `settling` (younger than SETTLING_SERVER_S of its own
-        seconds when the clip began), or another server failed so while the clip played
-        (a stretch of machine stalls: measured, all six servers' clips failing together
-        for 10 s). Notes the failure for the other workers."""
+    def excuses(self, worker: int, window_s: float, settling: bool) -> bool:
+        """Whether a time-keeping failure that `worker` met just now is the machine's or
+        its server's rather than the program's: its server was `settling` (younger than
+        SETTLING_SERVER_S of its own seconds when the clip began), or another server
+        failed so in the last `window_s` real seconds (a stretch of machine stalls:
+        measured, all six servers' clips failing together for 10 s). Notes the failure
+        for the other workers."""
         now = time.monotonic()
         with self.write_lock:
-            others = any(at >= now - render_s and w != worker for at, w in self.time_keeping_failures)
+            others = any(at >= now - window_s and w != worker for at, w in self.time_keeping_failures)
             self.time_keeping_failures.append((now, worker))
         return others or settling
 

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -51,9 +52,10 @@ def test_excused_failures_stay_at_the_speed_and_cost_no_attempt_up_to_a_bound():
     assert (task.factor, task.hiccups) == (8.0, 1)
     task.attempts += 1
     assert next_attempt(task, ClipResult("drift"), 2, excused=True) is None  # 2 counted attempts
-    # a heavy program's failure is its own, and a program's error is never excused
-    heavy = next_attempt(_Task(JOB, 8.0, attempts=1), ClipResult("drift", dsp_load=80.0), 5, excused=True)
-    assert heavy.factor < 8.0 and heavy.excused == 0
+    # a stall inflates the DSP load read: an excused failure stays at the speed whatever
+    # the load, and a program's error is never excused
+    loaded = next_attempt(_Task(JOB, 8.0, attempts=1), ClipResult("drift", dsp_load=80.0), 5, excused=True)
+    assert (loaded.factor, loaded.excused) == (8.0, 1)
     assert next_attempt(_Task(JOB, 8.0, attempts=1), ClipResult("runtime_error"), 5, excused=True) is None
 
 
@@ -62,9 +64,10 @@ def test_a_failure_is_excused_when_another_server_failed_during_the_clip_or_its_
                           watchdog=None, progress=None)
     assert not batch.excuses(0, 3.0, settling=False)  # alone: the program's
     assert batch.excuses(0, 3.0, settling=True)
-    assert batch.excuses(1, 3.0, settling=False)  # worker 0 failed while this clip played
+    assert batch.excuses(1, 3.0, settling=False)  # worker 0 failed within the window
     time.sleep(0.02)
     assert not batch.excuses(1, 0.01, settling=False)  # none from others in the last 10 ms
+    assert render.stall_window_s(8.0, 0.3) == pytest.approx(5.3)  # two clips at x8
 
 
 def test_timeouts_and_dead_servers_retry_at_the_same_speed():
@@ -93,21 +96,26 @@ def test_queue_prefers_the_workers_factor_then_the_fastest():
     assert q.get(16.0) is None
 
 
-def test_queue_waits_for_tasks_in_flight_that_may_come_back():
+def test_a_worker_with_nothing_waiting_is_done_and_a_failed_task_returns_to_its_own():
     q = _TaskQueue(threading.Event())
     q.put(_Task(JOB, 16.0))
-    first = q.get(16.0)
+    first = q.get(16.0, 0)
     got = []
-    waiter = threading.Thread(target=lambda: got.append(q.get(16.0)))
-    waiter.start()
-    waiter.join(timeout=0.3)
-    assert waiter.is_alive(), "another worker must wait: the task in flight may be retried"
+    other = threading.Thread(target=lambda: got.append(q.get(16.0, 1)), daemon=True)
+    other.start()
+    other.join(timeout=2)  # a thread, so that a worker left waiting fails the test, not hangs it
+    assert got == [None], "nothing waits: worker 1 ends (the task in flight is worker 0's)"
+    q.leave(1)
     first.hiccups = 1
     q.put(next_attempt(first, ClipResult("timing"), 4), front=True)
-    q.done()
-    waiter.join(timeout=5)
-    # due at x8 now, it comes to the worker at x16 as its extra try there (see _Task)
-    assert (got[0].factor, got[0].fallback) == (16.0, 8.0) and got[0].job is JOB
+    q.done(0)
+    retry = q.get(16.0, 0)  # due at x8 now: worker 0 makes its extra try at x16 (see _Task)
+    assert (retry.factor, retry.fallback) == (16.0, 8.0) and retry.job is JOB
+    q.put(replace(retry, factor=8.0, fallback=None))  # it failed: worker 0 alone moves to x8
+    q.done(0)
+    assert q.get(16.0, 0).factor == 8.0
+    q.done(0)
+    assert q.get(8.0, 0) is None
 
 
 def test_no_more_workers_move_to_a_slower_factor_than_it_has_tasks_beyond_idle_workers():
@@ -214,6 +222,22 @@ def test_a_young_servers_drifts_keep_the_program_at_its_speed(monkeypatch, tmp_p
     worker.run()
     assert worker.error is None
     assert FakeServer.boots == [8.0] and batch.rows[JOB.id] == ("ok", 4, 8.0)
+
+
+def test_a_young_servers_failure_under_a_heavy_load_is_the_programs(monkeypatch, tmp_path):
+    FakeServer.boots = []
+    results = iter([ClipResult("drift", render_s=1.0, dsp_load=80.0), ClipResult("ok")])
+    monkeypatch.setattr(render, "render_clip", lambda *a: next(results))
+    monkeypatch.setattr(FakeServer, "uptime_s", lambda self: 0.0)
+    batch = render._Batch(tmp_path, tmp_path / ".work", 8.0, 0.3, 5, None, 0.01, "flac",
+                          watchdog=None, progress=None)
+    monkeypatch.setattr(batch, "finish", lambda job, result, attempts, factor, *a: batch.rows.update(
+        {job.id: (result.status, attempts, factor)}))
+    batch.tasks.put(_Task(JOB, 8.0))
+    worker = render._Worker(0, batch)
+    monkeypatch.setattr(worker, "_start_server", lambda f: setattr(worker, "server", FakeServer(f)) or worker.server)
+    worker.run()
+    assert FakeServer.boots == [8.0, 2.0] and batch.rows[JOB.id] == ("ok", 2, 2.0)
 
 
 def test_a_slower_task_gets_one_extra_try_at_a_faster_factor_that_costs_no_attempt():
