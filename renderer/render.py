@@ -53,8 +53,9 @@ SLOWER_FACTORS = (32, 24, 16, 12, 8, 4, 2, 1)  # fall back along these
 # try) and at x4, then haunted-0 passed at x2 and cloud_beat-0 only in real time.
 HEAVY_LOAD_PERCENT = 40.0
 # A time-keeping failure is excused (retried at the same speed, not counted; see
-# next_attempt) when the server is younger than this in its own seconds, or when another
-# server failed so while the clip played. scsynth's estimate of its audio clock rings
+# next_attempt) when the server is younger than this in its own seconds (and the load
+# was light), or when another server failed so lately (stall_window_s). scsynth's
+# estimate of its audio clock rings
 # for more than a minute of its time after a boot (measured, an idle server at x8: the
 # drift over a clip's span 13, 6.6, 2.3, 0.8, 1.8, 2.3, 2.2, 1.7, 1.2, 0.8, 0.3 and 0.1 ms,
 # one a second after its boot), so that a batch's first clips drift on every server.
