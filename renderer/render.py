@@ -55,10 +55,10 @@ HEAVY_LOAD_PERCENT = 40.0
 # A time-keeping failure is excused (retried at the same speed, not counted; see
 # next_attempt) when the server is younger than this in its own seconds (and the load
 # was light), or when another server failed so lately (stall_window_s). scsynth's
-# estimate of its audio clock rings
-# for more than a minute of its time after a boot (measured, an idle server at x8: the
-# drift over a clip's span 13, 6.6, 2.3, 0.8, 1.8, 2.3, 2.2, 1.7, 1.2, 0.8, 0.3 and 0.1 ms,
-# one a second after its boot), so that a batch's first clips drift on every server.
+# estimate of its audio clock rings for more than a minute of its time after a boot
+# (measured, an idle server at x8: the drift over a clip's span 13, 6.6, 2.3, 0.8, 1.8,
+# 2.3, 2.2, 1.7, 1.2, 0.8, 0.3 and 0.1 ms, one a second after its boot), so that a
+# batch's first clips drift on every server.
 SETTLING_SERVER_S = 80.0
 MAX_EXCUSED = 3
 TARGET_LOAD_PERCENT = 25.0
