@@ -302,7 +302,6 @@ class _TaskQueue:
         self._stop = stop
         self._cond = threading.Condition()
         self._by_factor: dict[float, deque] = {}
-        self._in_flight = 0
         self._worker_factors: dict[int, float] = {}  # the factor each worker last took
         self._busy: set[int] = set()  # workers with a task in flight
 
@@ -335,7 +334,6 @@ class _TaskQueue:
                     break
                 task = self._take_extra_try(factor) or self._take_faster(factor, waiting)
                 if task is not None:
-                    self._in_flight += 1
                     self._worker_factors[worker] = factor
                     self._busy.add(worker)
                     return task
@@ -349,7 +347,6 @@ class _TaskQueue:
                 self._cond.wait(timeout=0.5)
             else:
                 return None
-            self._in_flight += 1
             self._worker_factors[worker] = chosen
             self._busy.add(worker)
             return self._by_factor[chosen].popleft()
@@ -391,7 +388,6 @@ class _TaskQueue:
     def done(self, worker: int | None = None) -> None:
         """A task handed out by `get` is finished (or queued again)."""
         with self._cond:
-            self._in_flight -= 1
             self._busy.discard(worker)
             self._cond.notify_all()
 
