@@ -205,28 +205,11 @@ def test_workers_reboot_once_per_factor_and_retries_wait_for_the_fast_work(monke
     assert batch.rows["1"]["attempts"] == 4 and batch.rows["1"]["acceleration"] == 8.0
 
 
-def test_a_young_servers_drifts_keep_the_program_at_its_speed(monkeypatch, tmp_path):
-    """Drifts on a server still settling after its boot are excused: the program is
-    rendered again at x8 on the same server, not sent down to x4 (a reboot)."""
+def _render_on_a_young_server(monkeypatch, tmp_path, results):
+    """Render JOB on one worker whose fake servers have just booted, the clips ending
+    with `results` in turn; the (status, attempts, factor) it was finished with."""
     FakeServer.boots = []
-    results = iter(["drift", "drift", "drift", "ok"])
-    monkeypatch.setattr(render, "render_clip", lambda *a: ClipResult(next(results), render_s=1.0))
-    monkeypatch.setattr(FakeServer, "uptime_s", lambda self: 0.0)
-    batch = render._Batch(tmp_path, tmp_path / ".work", 8.0, 0.3, 5, None, 0.01, "flac",
-                          watchdog=None, progress=None)
-    monkeypatch.setattr(batch, "finish", lambda job, result, attempts, factor, *a: batch.rows.update(
-        {job.id: (result.status, attempts, factor)}))
-    batch.tasks.put(_Task(JOB, 8.0))
-    worker = render._Worker(0, batch)
-    monkeypatch.setattr(worker, "_start_server", lambda f: setattr(worker, "server", FakeServer(f)) or worker.server)
-    worker.run()
-    assert worker.error is None
-    assert FakeServer.boots == [8.0] and batch.rows[JOB.id] == ("ok", 4, 8.0)
-
-
-def test_a_young_servers_failure_under_a_heavy_load_is_the_programs(monkeypatch, tmp_path):
-    FakeServer.boots = []
-    results = iter([ClipResult("drift", render_s=1.0, dsp_load=80.0), ClipResult("ok")])
+    results = iter(results)
     monkeypatch.setattr(render, "render_clip", lambda *a: next(results))
     monkeypatch.setattr(FakeServer, "uptime_s", lambda self: 0.0)
     batch = render._Batch(tmp_path, tmp_path / ".work", 8.0, 0.3, 5, None, 0.01, "flac",
@@ -237,7 +220,22 @@ def test_a_young_servers_failure_under_a_heavy_load_is_the_programs(monkeypatch,
     worker = render._Worker(0, batch)
     monkeypatch.setattr(worker, "_start_server", lambda f: setattr(worker, "server", FakeServer(f)) or worker.server)
     worker.run()
-    assert FakeServer.boots == [8.0, 2.0] and batch.rows[JOB.id] == ("ok", 2, 2.0)
+    assert worker.error is None
+    return batch.rows[JOB.id]
+
+
+def test_a_young_servers_drifts_keep_the_program_at_its_speed(monkeypatch, tmp_path):
+    """Drifts on a server still settling after its boot are excused: the program is
+    rendered again at x8 on the same server, not sent down to x4 (a reboot)."""
+    drift = ClipResult("drift", render_s=1.0)
+    row = _render_on_a_young_server(monkeypatch, tmp_path, [drift, drift, drift, ClipResult("ok")])
+    assert FakeServer.boots == [8.0] and row == ("ok", 4, 8.0)
+
+
+def test_a_young_servers_failure_under_a_heavy_load_is_the_programs(monkeypatch, tmp_path):
+    heavy = ClipResult("drift", render_s=1.0, dsp_load=80.0)
+    row = _render_on_a_young_server(monkeypatch, tmp_path, [heavy, ClipResult("ok")])
+    assert FakeServer.boots == [8.0, 2.0] and row == ("ok", 2, 2.0)
 
 
 def test_a_slower_task_gets_one_extra_try_at_a_faster_factor_that_costs_no_attempt():
