@@ -58,10 +58,10 @@ DEFAULT_MAX_FULL_SCALE = 0.01  # flag a clip whose samples sit at full scale mor
 # real second, which a busy machine can miss ("Promise timed out after 5 seconds").
 TIMING_ERROR_RE = re.compile(r"too far behind time|Timing Exception|Promise timed out", re.I)
 FINAL_STATUSES = ("ok", "syntax_error", "runtime_error", "silent")
-# The stack failed to keep time during the clip, though the program was fine: a JACK
-# xrun, an event that reached scsynth late, or scsynth's clock drifting against its
-# samples (see renderer.server.CLOCK_POLL_S).
-SCHEDULING_FAULTS = ("xrun", "late", "drift")
+# The stack failed to keep time during the clip, though the program was fine: an event
+# reached scsynth late, or scsynth's clock drifted against its samples (see
+# renderer.server.CLOCK_POLL_S; with the sample clock in place it does not).
+SCHEDULING_FAULTS = ("late", "drift")
 # Largest drift allowed between any two moments of a clip. Onsets also sit on scsynth's
 # 64-sample control blocks (up to 1.45 ms off), and on 26 metronomes the estimate fell
 # up to 0.8 ms short of their onsets' spread: 2.5 ms keeps onsets within 5 ms.
@@ -99,7 +99,7 @@ class ShortRecording(ServerError):
 class ClipResult:
     """What rendering one program gave. `audio` is int16 (frames, 2) when status is ok."""
 
-    status: str  # ok, syntax_error, runtime_error, silent, timeout, timing, xrun, late, drift, server_error
+    status: str  # ok, syntax_error, runtime_error, silent, timeout, timing, late, drift, server_error
     message: str | None = None
     audio: np.ndarray | None = field(default=None, repr=False)
     levels: dict = field(default_factory=dict)
@@ -242,8 +242,8 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
         return failed
     server.stop_runs()  # its live loops go on; it fades out while the take is read
     recording = _read_take(take)
-    # Faults are counted once the run has ended: JACK logs an xrun a moment after it
-    # happened, and one missed here would pass a clip whose later events were shifted.
+    # Faults are counted once the run has ended: scsynth's log lines reach their file a
+    # moment after the fact, and one missed here would pass a clip with a late event.
     _wait_runs_ended(server)
     failed = failure_so_far(saved)
     if failed is not None:
@@ -284,13 +284,10 @@ def render_clip_retrying(server: SonicPiServer, code: str, attempts: int = 6,
 def _time_keeping_failure(server: SonicPiServer, faults_before: dict, marker_due: float,
                           until: float) -> ClipResult | None:
     """The scheduling fault the clip has met from its start to `until` (monotonic), if any:
-    a JACK xrun or late event since `faults_before`, or a clock drift over the limit
-    since the marker was due."""
+    a late event since `faults_before`, or a clock drift over the limit since the marker
+    was due."""
     speed = server.acceleration
     faults = {k: n - faults_before[k] for k, n in server.scheduling_faults().items()}
-    if faults["xrun"]:
-        return ClipResult("xrun", f"{faults['xrun']} JACK xruns at x{speed:g}: scsynth missed "
-                          "its deadline")
     if faults["late"]:
         return ClipResult("late", f"{faults['late']} events reached scsynth late at x{speed:g}")
     drift = server.clock.drift_s(marker_due, until, speed)

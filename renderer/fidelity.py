@@ -118,7 +118,7 @@ def envelope_correlation(a: np.ndarray, b: np.ndarray, frame_s: float = 0.01) ->
 
 
 def _render(server: SonicPiServer, code: str) -> np.ndarray:
-    """Render a fidelity program; time-keeping failures (xrun, late event, drift, timing
+    """Render a fidelity program; time-keeping failures (late event, drift, timing
     error) are retried at the same speed, as the batch renderer does first."""
     result = render_clip_retrying(server, code)
     if result.status != "ok":

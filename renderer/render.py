@@ -240,7 +240,7 @@ def next_attempt(task: _Task, result: ClipResult, max_attempts: int,
                  excused: bool = False) -> _Task | None:
     """The retry policy: the task's next attempt after `result`, or None if it was the last.
 
-    - xrun, late event, clock drift, "too far behind time" (the machine, scsynth or
+    - late event, clock drift, "too far behind time" (the machine, scsynth or
       Ruby did not keep up): once more at the same speed, since on a busy machine it is
       mostly a passing load (measured: programs that failed so among 6 servers rendered
       clean alone); then at half the speed each time, down to real time (where "behind

@@ -6,7 +6,8 @@ The stack is JACK's dummy backend (no sound card) + scsynth + the Ruby server + 
 optionally under libfaketime so the whole stack runs N times faster than real time:
 one launcher shell is started under the preload with FAKETIME_DONT_RESET, so every
 process of the stack shares one accelerated clock (Ruby timestamps OSC bundles that
-scsynth schedules, so their clocks must agree).
+scsynth schedules, so their clocks must agree). scsynth also gets the sample clock
+(renderer/sample_clock.c), which ties the times it places events by to its samples.
 
 Everything started here is ended here, by pid: the Ruby server's session (scsynth,
 erlang, osmid) and jackd's own session (jackd calls setsid). Nothing is killed by name.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import logging
 import os
 import queue
@@ -47,6 +49,10 @@ FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 # the wrong clip. Line-buffered, each line is in the log when it happens.
 STDBUF_LIB = Path("/usr/libexec/coreutils/libstdbuf.so")
 SAMPLE_RATE = 44100
+# scsynth's sample clock (see the C file's head): built once per source version, into
+# the user's cache, with the system's C compiler.
+SAMPLE_CLOCK_SOURCE = Path(__file__).with_name("sample_clock.c")
+SAMPLE_CLOCK_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sonicpi-gen"
 # jackd's real-time priority. Its clients' process threads (scsynth's audio) get 5 less;
 # at jackd's default 10 they sat below scsynth's own helper threads (50), so any
 # server's helpers could delay every server's audio callback. Measured: clips drifting
@@ -57,6 +63,13 @@ JACK_PRIORITY = 70
 # a loaded 2-core machine misses that now and then (an xrun); 4096 gives 5.8 ms at
 # x16. Measured: 4 servers at x16 on 2 cores had frequent xruns at 2048, and
 # onsets stayed within 1.4 ms at 4096 (8192 gave late events and 3 ms errors).
+# With the sample clock an xrun shifts nothing (scsynth's reset on an xrun starts its
+# loop on the same line), so it is not a fault. Measured, one server rendering
+# metronomes beside 5 rendering heavy programs: of 12 metronomes with 1-3 xruns (x8,
+# x12, x16), 10 had onsets within 1.75 ms; the other 2 had onsets 14-41 ms late in
+# steps, a fault that also came without xruns, only at x12 and x16 and in the first
+# clips after the boots (25 of 25 metronomes clean at x8). Without the sample clock,
+# clips with xruns had onsets 100-250 ms off.
 JACK_PERIOD = 4096
 # Real seconds to wait for "successfully booted": a boot took 12 s in real time and
 # 4 s at x8 here, alone (up to 17 s among rendering servers), and Sonic Pi gives scsynth
@@ -76,17 +89,15 @@ LATE_TOLERANCE_S = 0.005  # in scsynth's own (accelerated) seconds, as it logs t
 # at x8 with 6 servers on 2 cores, 80 clips per run: 11-21 drifted more than 2.5 ms, up
 # to 16.5 ms, with no xrun and no late event to tell. On 26 metronomes among them the
 # integral matched the spread of the onsets (less their 1.45 ms control-block steps)
-# within 0.8 ms.
+# within 0.8 ms. The sample clock feeds that loop the samples' own times, so its rate
+# holds (measured: within 5e-7 of nominal, drift 0.001-0.002 ms per clip from the first
+# clip on); the drift check stays as the guard that the clock is in place.
 CLOCK_POLL_S = 0.05  # real seconds between /status requests
-# After a boot the clock drifts most for some seconds, even on an idle machine
-# (measured, one server at x8 or x4, clip after clip: 2.5-2.8, 2.3, 1.3, then below
-# 0.3 ms; 6 servers booted side by side, first clips 6.9 and 4.1 ms when rendering
-# began 2.5 s after the boots, 0.1-0.3 ms when 5 s after). Servers that render a few
-# clips (the fidelity check) or replace one mid-batch wait this long (real seconds)
-# before their first clip. A batch's first servers do not: when all start rendering
-# together the load's own step makes their first clips drift anyway (measured: 4 of 6
-# drifted with the wait), so the wait would only delay the retries.
-CLOCK_SETTLE_S = 5.0
+# Real seconds a server that renders a few clips (the fidelity check) or replaces one
+# mid-batch waits after its boot before its first clip. Without the sample clock the
+# loop rang after a boot (first clips drifted 2.5-6.9 ms) and this was 5 s; with it,
+# one server's first clip at x8 drifted 0.002 ms, so there is nothing to wait for.
+CLOCK_SETTLE_S = 0.0
 _STATUS_REQUEST = OscMessageBuilder("/status").build().dgram
 # scsynth's reply, as it lays it out: address, type tags, then [1, ugens, synths, groups,
 # synthdefs, average DSP load %, peak DSP load %, nominal sample rate, measured rate]
@@ -148,7 +159,9 @@ exec "%(ruby)s" "$@"
 # four jack_connect runs; under the new name scsynth makes those connections itself,
 # from the SC_JACK_DEFAULT_* variables set for the stack, so jack_connect's stand-in
 # does nothing (each run would open a JACK client that fails, and that collides).
+# It also preloads the sample clock into scsynth alone, in front of libfaketime.
 SCSYNTH_SHIM = r"""#!/bin/sh
+export LD_PRELOAD="%(sample_clock)s${LD_PRELOAD:+:$LD_PRELOAD}"
 exec "%(scsynth)s" "$@" -H "$JACK_DEFAULT_SERVER:%(client)s"
 """
 JACK_CONNECT_SHIM = "#!/bin/sh\nexit 0\n"
@@ -187,6 +200,32 @@ def _claim_jack_name(wait_s: float = 30.0) -> tuple[str, object]:
         time.sleep(0.2)
     raise ServerError(f"all {JACK_SLOTS} JACK server names are in use by running renders "
                       f"(JACK allows {JACK_SLOTS} servers per machine): use fewer --workers")
+
+
+@functools.lru_cache(maxsize=1)
+def sample_clock_library() -> Path:
+    """scsynth's sample clock as a shared library, built from SAMPLE_CLOCK_SOURCE the
+    first time a version of it is needed."""
+    source = SAMPLE_CLOCK_SOURCE.read_bytes()
+    library = SAMPLE_CLOCK_CACHE / f"sample-clock-{hashlib.sha256(source).hexdigest()[:16]}.so"
+    if library.exists():
+        return library
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise ServerError("building scsynth's sample clock needs a C compiler: apt-get install "
+                          "gcc libc6-dev (scripts/setup.sh installs them)")
+    library.parent.mkdir(parents=True, exist_ok=True)
+    # servers boot side by side: each builds under its own name, the rename is atomic
+    partial = library.with_name(f"{library.name}.{os.getpid()}-{threading.get_ident()}")
+    built = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(partial),
+                            str(SAMPLE_CLOCK_SOURCE), "-ldl", "-lpthread"],
+                           capture_output=True, text=True)
+    if built.returncode:
+        partial.unlink(missing_ok=True)
+        raise ServerError(f"could not build scsynth's sample clock from {SAMPLE_CLOCK_SOURCE} "
+                          f"with {compiler}:\n{built.stderr.strip()[-800:]}")
+    os.replace(partial, library)
+    return library
 
 
 def ruby_string(path: Path) -> str:
@@ -409,7 +448,7 @@ class SonicPiServer:
     version: str = "unknown"
     samples_loaded: set = field(default_factory=set)  # built-in samples, see preload_samples
     ready_at: float | None = None  # monotonic time the boot (and its settle) ended
-    _faults: dict = field(default_factory=lambda: {"xrun": 0, "late": 0}, repr=False)
+    _faults: dict = field(default_factory=lambda: {"late": 0}, repr=False)
     _log_offsets: dict = field(default_factory=dict, repr=False)
     # shutdown() is called by a worker and, on Ctrl-C, by the main thread at once
     _shutdown_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -486,7 +525,8 @@ class SonicPiServer:
         shim_dir.mkdir()
         shims = {"ruby": RUBY_SHIM % {"ruby": ruby},
                  "scsynth": SCSYNTH_SHIM % {"scsynth": shutil.which("scsynth"),
-                                            "client": SCSYNTH_CLIENT_PREFIX + self.jack_name},
+                                            "client": SCSYNTH_CLIENT_PREFIX + self.jack_name,
+                                            "sample_clock": sample_clock_library()},
                  "jack_connect": JACK_CONNECT_SHIM}
         for name, text in shims.items():
             (shim_dir / name).write_text(text)
@@ -504,6 +544,7 @@ class SonicPiServer:
             self.on_spawn(self.scsynth_shm)  # scsynth's segment, left behind if it is killed
         try:
             self._wait_booted()
+            self._check_sample_clock()
             threading.Thread(target=self._poll_clock, args=(self._gui,), daemon=True).start()
             self.client = SimpleUDPClient("127.0.0.1", self.ports[0])
             self.run_code(f"set_sched_ahead_time! {self.sched_ahead_s:g}")
@@ -541,6 +582,22 @@ class SonicPiServer:
                                   f"log: {log_path}\n{text[-800:]}")
             time.sleep(0.1)
         raise ServerError(f"Sonic Pi server did not boot in {timeout_s:.0f} s; log: {log_path}")
+
+    def _check_sample_clock(self) -> None:
+        """Raise unless the stack's scsynth runs with the sample clock: without it, the
+        time checks would pass clips whose events a stall shifted (see clip.py)."""
+        library = str(sample_clock_library())
+        for pid in _session_members({self.launcher.pid}):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() != "scsynth":
+                    continue
+                if library in Path(f"/proc/{pid}/maps").read_text():
+                    return
+            except OSError:
+                continue
+            raise ServerError(f"scsynth (pid {pid}) runs without the sample clock {library}; "
+                              f"log: {self.workdir / 'server.log'}")
+        raise ServerError(f"no scsynth in the booted server's session; log: {self.workdir / 'server.log'}")
 
     def _warm_up(self, timeout_s: float = 30.0) -> None:
         """Start and save a recording, then run a quiet program for 4 s of server time,
@@ -613,11 +670,7 @@ class SonicPiServer:
                     self.on_spawn(self.jackd_pid)  # jackd makes its own session
 
     @functools.cached_property
-    def _jackd_log(self) -> str:  # as strings: read every FAULT_CHECK_S by each worker
-        return str(self.workdir / "jackd.log")
-
-    @functools.cached_property
-    def _scsynth_log(self) -> str:
+    def _scsynth_log(self) -> str:  # as a string: read every FAULT_CHECK_S by each worker
         return str(self.workdir / "home/.sonic-pi/log/scsynth.log")
 
     @property
@@ -733,12 +786,11 @@ class SonicPiServer:
                 return drained
 
     def scheduling_faults(self) -> dict:
-        """Counts, since boot, of the two ways the stack can fail to keep time:
-        JACK xruns (scsynth missed a period's deadline and lost it) and late bundles
-        (scsynth got an event more than LATE_TOLERANCE_S after its time and played it
-        late; scsynth logs "late <seconds>"). The logs are read from where the last call
-        stopped."""
-        for name, path in (("xrun", self._jackd_log), ("late", self._scsynth_log)):
+        """Counts, since boot, of late bundles: scsynth got an event more than
+        LATE_TOLERANCE_S after its time and played it late (it logs "late <seconds>").
+        The log is read from where the last call stopped. (JACK xruns are not counted:
+        with the sample clock they shift nothing, see JACK_PERIOD.)"""
+        for name, path in (("late", self._scsynth_log),):
             try:
                 with open(path, "rb") as log:
                     log.seek(self._log_offsets.get(name, 0))
@@ -748,9 +800,7 @@ class SonicPiServer:
             text = text[: text.rfind(b"\n") + 1]  # a line being written is read next time
             self._log_offsets[name] = self._log_offsets.get(name, 0) + len(text)
             for line in text.decode(errors="replace").splitlines():
-                if name == "xrun" and line.startswith("JackEngine::XRun"):
-                    self._faults["xrun"] += 1
-                elif name == "late" and line.startswith("late ") and _lateness(line) > LATE_TOLERANCE_S:
+                if line.startswith("late ") and _lateness(line) > LATE_TOLERANCE_S:
                     self._faults["late"] += 1
         return dict(self._faults)
 

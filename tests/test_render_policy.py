@@ -32,7 +32,7 @@ def test_timing_error_is_retried_at_the_same_speed_then_slower_down_to_real_time
 
 
 def test_scheduling_faults_are_retried_at_the_same_speed_once_then_slower():
-    assert attempts(["xrun", "late", "xrun", "ok"])[0] == [8.0, 8.0, 4.0, 2.0]
+    assert attempts(["late", "drift", "late", "ok"])[0] == [8.0, 8.0, 4.0, 2.0]
     assert attempts(["drift", "drift", "ok"])[0] == [8.0, 8.0, 4.0]
 
 
@@ -48,7 +48,7 @@ def test_excused_failures_stay_at_the_speed_and_cost_no_attempt_up_to_a_bound():
         assert (task.factor, task.hiccups, task.excused) == (8.0, 0, n)
         task.attempts += 1
     # past the bound an excused failure counts as any other: once more, then slower
-    task = next_attempt(task, ClipResult("xrun"), 2, excused=True)
+    task = next_attempt(task, ClipResult("late"), 2, excused=True)
     assert (task.factor, task.hiccups) == (8.0, 1)
     task.attempts += 1
     assert next_attempt(task, ClipResult("drift"), 2, excused=True) is None  # 2 counted attempts
@@ -77,7 +77,7 @@ def test_timeouts_and_dead_servers_retry_at_the_same_speed():
 def test_program_errors_are_final_and_attempts_are_bounded():
     for status in ("ok", "syntax_error", "runtime_error", "silent"):
         assert attempts([status, "ok"]) == ([8.0], None)
-    tried, task = attempts(["xrun"] * 10, max_attempts=3)
+    tried, task = attempts(["late"] * 10, max_attempts=3)
     assert tried == [8.0, 8.0, 4.0] and task is None
     tried, task = attempts(["drift"] * 10, max_attempts=4)
     assert tried == [8.0, 8.0, 4.0, 2.0] and task is None
@@ -325,14 +325,14 @@ def test_single_clip_retries_stop_at_the_first_result_that_is_not_a_time_keeping
     statuses = iter(["drift", "timing", "runtime_error", "ok"])
     monkeypatch.setattr(clip, "render_clip", lambda server, code, **options: ClipResult(next(statuses)))
     assert clip.render_clip_retrying(None, "play 60").status == "runtime_error"
-    statuses = iter(["xrun"] * 5)
-    assert clip.render_clip_retrying(None, "play 60", attempts=3).status == "xrun"
+    statuses = iter(["late"] * 5)
+    assert clip.render_clip_retrying(None, "play 60", attempts=3).status == "late"
     assert len(list(statuses)) == 2  # three renders, no more
 
 
 def test_a_program_too_heavy_for_the_factor_goes_straight_to_one_its_load_allows():
     def retry(load, factor=8.0):
-        task = next_attempt(_Task(JOB, factor, attempts=1), ClipResult("xrun", dsp_load=load), 5)
+        task = next_attempt(_Task(JOB, factor, attempts=1), ClipResult("late", dsp_load=load), 5)
         return task.factor, task.max_factor
 
     assert retry(10.0) == (8.0, None), "a light program's fault is a passing stall: same speed"
@@ -365,7 +365,7 @@ def test_one_worker_moves_down_at_once_for_a_heavy_program_and_goes_on_at_its_sp
         q.put(_Task(render.Job(name, "t", ""), 8.0))
     assert q.get(8.0, 1).job.id == "w"  # worker 1 is rendering at x8
     q.put(next_attempt(_Task(render.Job("heavy", "t", ""), 8.0, attempts=1),
-                       ClipResult("xrun", dsp_load=50.0), 5))
+                       ClipResult("late", dsp_load=50.0), 5))
     first = q.get(8.0, 0)  # fast work is waiting, but the heavy program gets a worker now
     assert (first.job.id, first.factor) == ("heavy", 4.0)
     assert q.get(8.0, 1).job.id == "a", "one worker moves, the others go on"
@@ -391,6 +391,6 @@ def test_a_lone_worker_finishes_the_fast_work_before_moving_down_for_a_heavy_pro
     q = _TaskQueue(threading.Event())
     q.put(_Task(render.Job("a", "t", ""), 8.0))
     q.put(next_attempt(_Task(render.Job("heavy", "t", ""), 8.0, attempts=1),
-                       ClipResult("xrun", dsp_load=50.0), 5))
+                       ClipResult("late", dsp_load=50.0), 5))
     assert [q.get(8.0, 0).job.id, q.done()] == ["a", None]  # no other worker would go on
     assert q.get(8.0, 0).factor == 4.0
