@@ -10,8 +10,9 @@
  * JACK callbacks is the clock of the audio itself: ORIGIN + frames computed / rate.
  * The loop then sees a period of exactly frames / rate every time and holds the
  * nominal rate, whatever the wake-ups. The loop's resets (buffer-size, sample-rate and
- * xrun callbacks) read the time one period before the next callback, so a reset
- * starts it on the same line instead of ringing.
+ * xrun callbacks, and the one scsynth makes after activating its client) read the
+ * time one period before the next callback, so a reset starts it on the same line
+ * instead of ringing.
  *
  * Every other clock read, and every read outside those callbacks, goes to the next
  * clock_gettime (libfaketime's under acceleration, else libc's). Nothing here touches
