@@ -65,8 +65,8 @@ JACK_PRIORITY = 70
 # onsets stayed within 1.4 ms at 4096 (8192 gave late events and 3 ms errors).
 # With the sample clock an xrun shifts nothing (scsynth's reset on an xrun starts its
 # loop on the same line), so it is not a fault. Measured, one server rendering
-# metronomes beside 5 rendering heavy programs: of 12 metronomes with 1-3 xruns (x8,
-# x12, x16), 10 had onsets within 1.75 ms; the other 2 had onsets 14-41 ms late in
+# metronomes beside 5 rendering heavy programs: of 14 metronomes with 1-3 xruns (x8,
+# x12, x16), 12 had onsets within 1.75 ms; the other 2 had onsets 14-41 ms late in
 # steps, a fault that also came without xruns, only at x12 and x16 and among the first
 # 7 clips after the boots (25 of 25 metronomes clean at x8). Without the sample clock,
 # clips with xruns had onsets 100-250 ms off.
