@@ -49,15 +49,27 @@ static __thread int64_t pinned_ns;
  * connecting its ports: that thread's next reading is a reset's. */
 static __thread int reset_due;
 
-static int (*next_clock_gettime)(clockid_t, struct timespec *);
+/* The clock_gettime after this library's: libfaketime's under acceleration, else libc's */
+static int next_clock_gettime(clockid_t clock, struct timespec *ts)
+{
+    static int (*next)(clockid_t, struct timespec *);
+    if (!next)
+        next = dlsym(RTLD_NEXT, "clock_gettime");
+    return next(clock, ts);
+}
 
 static int64_t next_now_ns(void)
 {
     struct timespec ts;
-    if (!next_clock_gettime)
-        next_clock_gettime = dlsym(RTLD_NEXT, "clock_gettime");
     next_clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int write_reading(int64_t reading_ns, struct timespec *ts)
+{
+    ts->tv_sec = reading_ns / 1000000000;
+    ts->tv_nsec = reading_ns % 1000000000;
+    return 0;
 }
 
 static int64_t frames_ns(uint64_t frames)
@@ -71,18 +83,10 @@ int clock_gettime(clockid_t clock, struct timespec *ts)
 {
     if (reset_due && clock == CLOCK_REALTIME) {
         reset_due = 0;
-        int64_t reading = reset_reading(period);
-        ts->tv_sec = reading / 1000000000;
-        ts->tv_nsec = reading % 1000000000;
-        return 0;
+        return write_reading(reset_reading(period), ts);
     }
-    if (pinned && clock == CLOCK_REALTIME) {
-        ts->tv_sec = pinned_ns / 1000000000;
-        ts->tv_nsec = pinned_ns % 1000000000;
-        return 0;
-    }
-    if (!next_clock_gettime)
-        next_clock_gettime = dlsym(RTLD_NEXT, "clock_gettime");
+    if (pinned && clock == CLOCK_REALTIME)
+        return write_reading(pinned_ns, ts);
     return next_clock_gettime(clock, ts);
 }
 

@@ -449,7 +449,7 @@ class SonicPiServer:
     samples_loaded: set = field(default_factory=set)  # built-in samples, see preload_samples
     ready_at: float | None = None  # monotonic time the boot (and its settle) ended
     _faults: dict = field(default_factory=lambda: {"late": 0}, repr=False)
-    _log_offsets: dict = field(default_factory=dict, repr=False)
+    _log_offset: int = field(default=0, repr=False)  # of scsynth's log, read so far
     # shutdown() is called by a worker and, on Ctrl-C, by the main thread at once
     _shutdown_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -790,18 +790,17 @@ class SonicPiServer:
         LATE_TOLERANCE_S after its time and played it late (it logs "late <seconds>").
         The log is read from where the last call stopped. (JACK xruns are not counted:
         with the sample clock they shift nothing, see JACK_PERIOD.)"""
-        for name, path in (("late", self._scsynth_log),):
-            try:
-                with open(path, "rb") as log:
-                    log.seek(self._log_offsets.get(name, 0))
-                    text = log.read()
-            except FileNotFoundError:
-                continue
-            text = text[: text.rfind(b"\n") + 1]  # a line being written is read next time
-            self._log_offsets[name] = self._log_offsets.get(name, 0) + len(text)
-            for line in text.decode(errors="replace").splitlines():
-                if line.startswith("late ") and _lateness(line) > LATE_TOLERANCE_S:
-                    self._faults["late"] += 1
+        try:
+            with open(self._scsynth_log, "rb") as log:
+                log.seek(self._log_offset)
+                text = log.read()
+        except FileNotFoundError:
+            text = b""
+        text = text[: text.rfind(b"\n") + 1]  # a line being written is read next time
+        self._log_offset += len(text)
+        for line in text.decode(errors="replace").splitlines():
+            if line.startswith("late ") and _lateness(line) > LATE_TOLERANCE_S:
+                self._faults["late"] += 1
         return dict(self._faults)
 
 
