@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from renderer.clip import CLIP_SECONDS, render_clip_retrying
-from renderer.server import CLOCK_SETTLE_S, SAMPLE_RATE, ServerError, SonicPiServer
+from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,7 @@ def check_fidelity(factor: float, work_dir: Path, realtime: list | None = None,
     if realtime is None:
         with SonicPiServer(Path(work_dir) / "realtime", 1.0, headroom_s) as server:
             realtime = [_render(server, REFERENCE), _render(server, REFERENCE)]
-    with SonicPiServer(Path(work_dir) / f"x{factor:g}", factor, headroom_s,
-                       settle_s=CLOCK_SETTLE_S) as server:
+    with SonicPiServer(Path(work_dir) / f"x{factor:g}", factor, headroom_s) as server:
         metronome = _render(server, METRONOME)
         reference = _render(server, REFERENCE)
     onsets = onset_times(metronome)

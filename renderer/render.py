@@ -28,7 +28,7 @@ import soundfile as sf
 
 from renderer.clip import (BARS, BPM, CLIP_SECONDS, DEFAULT_MAX_FULL_SCALE, FINAL_STATUSES,
                            TIME_KEEPING_FAILURES, ClipResult, render_clip)
-from renderer.server import CLOCK_SETTLE_S, JACK_SLOTS, SAMPLE_RATE, ServerError, SonicPiServer
+from renderer.server import JACK_SLOTS, SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ HEAVY_LOAD_PERCENT = 40.0
 # estimate of its audio clock rings for more than a minute of its time after a boot
 # (measured, an idle server at x8: the drift over a clip's span 13, 6.6, 2.3, 0.8, 1.8,
 # 2.3, 2.2, 1.7, 1.2, 0.8, 0.3 and 0.1 ms, one a second after its boot), so that a
-# batch's first clips drift on every server.
+# batch's first clips drifted on every server. That was measured before the sample
+# clock (renderer/sample_clock.c), which removes the ringing; the young-server rule
+# has not been measured since.
 SETTLING_SERVER_S = 80.0
 MAX_EXCUSED = 3
 TARGET_LOAD_PERCENT = 25.0
@@ -422,10 +424,8 @@ class _Worker(threading.Thread):
         for attempt in range(1, BOOT_ATTEMPTS + 1):
             if self.batch.stop.is_set():
                 raise ServerError("stopping")
-            # a server replacing one mid-batch lets its clock settle (see CLOCK_SETTLE_S)
             server = SonicPiServer(self.batch.work_dir / f"worker-{self.index}", acceleration,
                                    self.batch.headroom_s, on_spawn=self.batch.watchdog.register,
-                                   settle_s=CLOCK_SETTLE_S if self.boots else 0.0,
                                    boot_slots=self.batch.boot_slots)
             self.server = server  # so that Ctrl-C can end it mid-boot
             try:

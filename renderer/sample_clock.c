@@ -42,8 +42,7 @@ static uint64_t frames_begun;  /* frames of every process callback begun so far 
 static jack_nframes_t period;  /* frames per callback */
 static jack_nframes_t rate;    /* frames per second */
 
-/* What the clock says in this thread: 0 pass through, else a fixed reading */
-static __thread int pinned;
+/* The fixed reading the clock gives in this thread, or 0: pass through */
 static __thread int64_t pinned_ns;
 /* scsynth also resets its loop once in the thread that activated its JACK client, after
  * connecting its ports: that thread's next reading is a reset's. */
@@ -85,7 +84,7 @@ int clock_gettime(clockid_t clock, struct timespec *ts)
         reset_due = 0;
         return write_reading(reset_reading(period), ts);
     }
-    if (pinned && clock == CLOCK_REALTIME)
+    if (pinned_ns && clock == CLOCK_REALTIME)
         return write_reading(pinned_ns, ts);
     return next_clock_gettime(clock, ts);
 }
@@ -114,9 +113,8 @@ static int on_process(jack_nframes_t frames, void *arg)
     frames_begun += frames;
     period = frames;
     pthread_mutex_unlock(&state_lock);
-    pinned = 1;
     int result = process_slot.callback(frames, arg);
-    pinned = 0;
+    pinned_ns = 0;
     return result;
 }
 
@@ -124,9 +122,8 @@ static int on_buffer_size(jack_nframes_t frames, void *arg)
 {
     period = frames;
     pinned_ns = reset_reading(frames);
-    pinned = 1;
     int result = buffer_size_slot.callback(frames, arg);
-    pinned = 0;
+    pinned_ns = 0;
     return result;
 }
 
@@ -141,18 +138,16 @@ static int on_sample_rate(jack_nframes_t frames_per_s, void *arg)
     rate = frames_per_s;
     pthread_mutex_unlock(&state_lock);
     pinned_ns = reset_reading(period);
-    pinned = 1;
     int result = sample_rate_slot.callback(frames_per_s, arg);
-    pinned = 0;
+    pinned_ns = 0;
     return result;
 }
 
 static int on_xrun(void *arg)
 {
     pinned_ns = reset_reading(period);
-    pinned = 1;
     int result = xrun_slot.callback(arg);
-    pinned = 0;
+    pinned_ns = 0;
     return result;
 }
 
@@ -172,26 +167,19 @@ int jack_set_process_callback(jack_client_t *client, frames_callback callback, v
     return set(client, callback ? on_process : callback, arg);
 }
 
-int jack_set_buffer_size_callback(jack_client_t *client, frames_callback callback, void *arg)
-{
-    int (*set)(jack_client_t *, frames_callback, void *) = next_symbol("jack_set_buffer_size_callback");
-    buffer_size_slot = (struct frames_slot){callback, arg};
-    return set(client, callback ? on_buffer_size : callback, arg);
-}
+/* A JACK setter that registers `wrapper` in place of scsynth's callback, kept in `slot` */
+#define WRAPPING_SETTER(setter, callback_type, slot, wrapper)                              \
+    int setter(jack_client_t *client, callback_type callback, void *arg)                   \
+    {                                                                                      \
+        int (*set)(jack_client_t *, callback_type, void *) = next_symbol(#setter);         \
+        slot.callback = callback;                                                          \
+        slot.arg = arg;                                                                    \
+        return set(client, callback ? wrapper : callback, arg);                            \
+    }
 
-int jack_set_sample_rate_callback(jack_client_t *client, frames_callback callback, void *arg)
-{
-    int (*set)(jack_client_t *, frames_callback, void *) = next_symbol("jack_set_sample_rate_callback");
-    sample_rate_slot = (struct frames_slot){callback, arg};
-    return set(client, callback ? on_sample_rate : callback, arg);
-}
-
-int jack_set_xrun_callback(jack_client_t *client, plain_callback callback, void *arg)
-{
-    int (*set)(jack_client_t *, plain_callback, void *) = next_symbol("jack_set_xrun_callback");
-    xrun_slot = (struct plain_slot){callback, arg};
-    return set(client, callback ? on_xrun : callback, arg);
-}
+WRAPPING_SETTER(jack_set_buffer_size_callback, frames_callback, buffer_size_slot, on_buffer_size)
+WRAPPING_SETTER(jack_set_sample_rate_callback, frames_callback, sample_rate_slot, on_sample_rate)
+WRAPPING_SETTER(jack_set_xrun_callback, plain_callback, xrun_slot, on_xrun)
 
 int jack_activate(jack_client_t *client)
 {

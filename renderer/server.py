@@ -69,7 +69,7 @@ JACK_PRIORITY = 70
 # x12, x16), 12 had onsets within 1.75 ms; the other 2 had onsets 14-41 ms late in
 # steps, a fault that also came without xruns, only at x12 and x16 and among the first
 # 7 clips after the boots (25 of 25 metronomes clean at x8). Without the sample clock,
-# clips with xruns had onsets 100-250 ms off.
+# 5 of 7 clips with xruns had onsets 135-248 ms off.
 JACK_PERIOD = 4096
 # Real seconds to wait for "successfully booted": a boot took 12 s in real time and
 # 4 s at x8 here, alone (up to 17 s among rendering servers), and Sonic Pi gives scsynth
@@ -91,13 +91,9 @@ LATE_TOLERANCE_S = 0.005  # in scsynth's own (accelerated) seconds, as it logs t
 # integral matched the spread of the onsets (less their 1.45 ms control-block steps)
 # within 0.8 ms. The sample clock feeds that loop the samples' own times, so its rate
 # holds (measured: within 5e-7 of nominal, drift 0.001-0.002 ms per clip from the first
-# clip on); the drift check stays as the guard that the clock is in place.
+# clip on, where without it the loop rang after a boot, 2.5-6.9 ms over the first
+# clips, and servers waited 5 s before rendering); the drift check stays as a guard.
 CLOCK_POLL_S = 0.05  # real seconds between /status requests
-# Real seconds a server that renders a few clips (the fidelity check) or replaces one
-# mid-batch waits after its boot before its first clip. Without the sample clock the
-# loop rang after a boot (first clips drifted 2.5-6.9 ms) and this was 5 s; with it,
-# one server's first clip at x8 drifted 0.002 ms, so there is nothing to wait for.
-CLOCK_SETTLE_S = 0.0
 _STATUS_REQUEST = OscMessageBuilder("/status").build().dgram
 # scsynth's reply, as it lays it out: address, type tags, then [1, ugens, synths, groups,
 # synthdefs, average DSP load %, peak DSP load %, nominal sample rate, measured rate]
@@ -436,7 +432,6 @@ class SonicPiServer:
     acceleration: float = 1.0
     headroom_s: float = 0.3
     on_spawn: object = None  # callback(sid or shm path) so a watchdog can clean up if we die
-    settle_s: float = 0.0  # real seconds an accelerated server waits after boot (CLOCK_SETTLE_S)
     # A semaphore shared by servers that boot side by side, to limit how many boot at once
     boot_slots: object = None
     ports: list = field(default_factory=list)
@@ -447,7 +442,7 @@ class SonicPiServer:
     clock: AudioClock = field(default_factory=AudioClock)
     version: str = "unknown"
     samples_loaded: set = field(default_factory=set)  # built-in samples, see preload_samples
-    ready_at: float | None = None  # monotonic time the boot (and its settle) ended
+    ready_at: float | None = None  # monotonic time the boot ended
     _faults: dict = field(default_factory=lambda: {"late": 0}, repr=False)
     _log_offset: int = field(default=0, repr=False)  # of scsynth's log, read so far
     # shutdown() is called by a worker and, on Ctrl-C, by the main thread at once
@@ -465,15 +460,9 @@ class SonicPiServer:
     def boot(self) -> None:
         """Start JACK + Sonic Pi and wait until the server says it booted.
 
-        With `boot_slots`, the boot itself (not the settle) waits for a slot."""
+        With `boot_slots`, it waits for a slot."""
         with self.boot_slots or contextlib.nullcontext():
             self._boot()
-        if self.acceleration > 1 and self.settle_s:
-            try:
-                time.sleep(self.settle_s)
-            except BaseException:
-                self.shutdown()
-                raise
         self.ready_at = time.monotonic()
 
     def uptime_s(self) -> float:
@@ -604,9 +593,7 @@ class SonicPiServer:
         before the first clip.
 
         The first run after boot is slow (Ruby loads and compiles code paths), slow
-        enough to miss its schedule under acceleration, and scsynth's estimate of the
-        audio clock needs a few seconds of running to settle (measured: first clip's
-        onsets off by up to 4 ms, later ones within 1.5 ms)."""
+        enough to miss its schedule under acceleration."""
         take = self.workdir / "warm-up.wav"
         self._run_until(f"use_sched_ahead_time {min(self.sched_ahead_s, 1.0):g}; recording_start; "
                         f"recording_save {ruby_string(take)}", f"Saving recording to {take}", timeout_s)
