@@ -38,6 +38,7 @@ CLIP_FRAMES = int(round(CLIP_SECONDS * SAMPLE_RATE))
 # Recording before the marker (nothing else sounds then: the previous run has ended).
 PRE_ROLL_BEATS = 1.0
 RUN_FADE_S = 1.1  # Sonic Pi's fade-out of a stopped run, in its own seconds
+STOP_MARGIN_S = 0.5  # for Ruby to carry out a stop, in the server's seconds
 MARKER_LEAD_BEATS = 0.5
 MARKER_LEAD_S = MARKER_LEAD_BEATS * 60 / BPM
 TAIL_BEATS = 0.25  # recorded past the clip's end, so the cut never runs short
@@ -74,7 +75,7 @@ TIME_KEEPING_FAILURES = ("timing", *SCHEDULING_FAULTS)
 FAULT_CHECK_S = 0.25
 
 
-# Sonic Pi's built-in samples, one file per name (see SonicPiServer.preload_samples)
+# Sonic Pi's built-in samples, one file per name (see wrap_program)
 SAMPLES_DIR = Path("/usr/share/sonic-pi/samples")
 
 
@@ -116,18 +117,26 @@ class ClipResult:
 
 
 def wrap_program(code: str, take: Path, sched_ahead_s: float, stop_ahead_s: float) -> str:
-    """The program with the renderer's one-line prelude: 120 BPM, the recorder, the marker.
+    """The program with the renderer's one-line prelude: 120 BPM, the built-in samples
+    it names, the recorder, the marker.
 
     `take` is where the server saves the recording; `sched_ahead_s` the server's
     scheduling headroom and `stop_ahead_s` (at most that) how long before it is due the
     recorder's stop is sent, both in the server's seconds. The prelude is one line so
     that the server's line numbers are the program's own (see `clean_message`).
+
+    Sonic Pi loads a sample when a run first plays it and waits for scsynth meanwhile;
+    events due then reach scsynth late when the headroom is short (measured: a jungle
+    program's first clip on a fresh real-time server, 2 events 83 ms late with 1 s of
+    headroom). The prelude loads them before anything is scheduled: a load took 8 ms of
+    the server's time at x8, one already loaded 0.3 ms, against a headroom of 2.4 s.
     """
+    loads = "".join(f"load_sample :{name}; " for name in builtin_samples_in(code))
     # The end thread's own headroom is stop_ahead_s, so it sleeps the difference longer:
     # its stop then lands when the audio reaches the clip's end plus the tail.
     stop_beats = (PRE_ROLL_BEATS + MARKER_LEAD_BEATS + CLIP_BEATS + TAIL_BEATS
                   + (sched_ahead_s - stop_ahead_s) * BPM / 60)
-    prelude = (f"use_bpm {BPM}; use_debug false; in_thread do use_bpm {BPM}; recording_start; "
+    prelude = (f"use_bpm {BPM}; use_debug false; {loads}in_thread do use_bpm {BPM}; recording_start; "
                f"sleep {PRE_ROLL_BEATS:g}; {MARKER_CODE}; sleep {stop_beats:.6f}; "
                f"use_sched_ahead_time {stop_ahead_s:.6f}; recording_save {ruby_string(take)}; end; "
                f"sleep {PRE_ROLL_BEATS + MARKER_LEAD_BEATS:g}")
@@ -217,12 +226,7 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     clip_wall_s = (sched_ahead + (PRE_ROLL_BEATS + MARKER_LEAD_BEATS + CLIP_BEATS + TAIL_BEATS)
                    * 60 / BPM) / speed
     timeout_s = timeout_s or 3 * clip_wall_s + 10
-    # Every clip's run is stopped when it ends. Sonic Pi fades a stopped run out over
-    # 1.1 s of its time before freeing its synths; a new run started before that competes
-    # with the freeing for Ruby's event thread (measured: its waits for scsynth time out
-    # under acceleration) and the old run's tail can sound in its recording.
-    _wait_runs_ended(server)
-    server.preload_samples(builtin_samples_in(code))
+    _wait_stopped_run_faded(server)
     faults_before = server.scheduling_faults()
     server.drain_messages()
     server.run_code(wrap_program(code, take, sched_ahead, stop_ahead))
@@ -242,10 +246,8 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
         return failed
     server.stop_runs()  # its live loops go on; it fades out while the take is read
     recording = _read_take(take)
-    # Faults are counted once the run has ended: scsynth's log lines reach their file a
-    # moment after the fact, and one missed here would pass a clip with a late event.
-    _wait_runs_ended(server)
-    failed = failure_so_far(saved)
+    # every late event of the clip counted: the log read up to the moment of the save
+    failed = _time_keeping_failure(server, faults_before, marker_due, saved, up_to_now=True)
     if failed is not None:
         failed.dsp_load = server.clock.peak_load(started, saved)
         failed.render_s = time.monotonic() - started
@@ -282,12 +284,12 @@ def render_clip_retrying(server: SonicPiServer, code: str, attempts: int = 6,
 
 
 def _time_keeping_failure(server: SonicPiServer, faults_before: dict, marker_due: float,
-                          until: float) -> ClipResult | None:
+                          until: float, up_to_now: bool = False) -> ClipResult | None:
     """The scheduling fault the clip has met from its start to `until` (monotonic), if any:
     a late event since `faults_before`, or a clock drift over the limit since the marker
-    was due."""
+    was due. `up_to_now`: see SonicPiServer.scheduling_faults."""
     speed = server.acceleration
-    faults = {k: n - faults_before[k] for k, n in server.scheduling_faults().items()}
+    faults = {k: n - faults_before[k] for k, n in server.scheduling_faults(up_to_now).items()}
     if faults["late"]:
         return ClipResult("late", f"{faults['late']} events reached scsynth late at x{speed:g}")
     drift = server.clock.drift_s(marker_due, until, speed)
@@ -296,6 +298,20 @@ def _time_keeping_failure(server: SonicPiServer, faults_before: dict, marker_due
                           f"samples during the clip at x{speed:g} (limit {MAX_CLOCK_DRIFT_S * 1000:g} "
                           "ms): the machine stalled; if this persists, use a lower --acceleration")
     return None
+
+
+def _wait_stopped_run_faded(server: SonicPiServer) -> None:
+    """Wait until the last clip's stopped run can no longer sound in the next recording.
+
+    Sonic Pi fades a stopped run out over RUN_FADE_S of its time. The next recording
+    starts a headroom after the next run does, so at x8 (2.4 s) the next run starts at
+    once; with a shorter headroom (real time: 1 s) it waits the difference. Sound left
+    over would be caught by cut_clip all the same. Not waiting for the run to end saves
+    a sixth of a clip at x8: Sonic Pi reports a run ended a headroom after its fade.
+    """
+    server.wait_stopped()
+    wait_s = (RUN_FADE_S + STOP_MARGIN_S - server.sched_ahead_s) / server.acceleration
+    time.sleep(max(0.0, server.stopped_at + wait_s - time.monotonic()))
 
 
 def _wait_runs_ended(server: SonicPiServer) -> None:

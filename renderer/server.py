@@ -100,6 +100,12 @@ _STATUS_REQUEST = OscMessageBuilder("/status").build().dgram
 _STATUS_REPLY_HEAD = b"/status.reply\0\0\0,iiiiiffdd\0\0"
 _STATUS_REPLY_VALUES = struct.Struct(">5i2f2d")
 BOOTED_LINE = "Sonic Pi Server successfully booted."
+WARMED_UP_INFO = "sonicpi-gen: warmed up"
+# What the stop's run logs once it has ended the others (see SonicPiServer.stop_runs)
+STOPPED_INFO = "sonicpi-gen: stopped"
+# scsynth is asked about nodes from this id on, which never exist (Sonic Pi counts its
+# nodes from 1), so that its "not found" line marks a point in its log
+LOG_SENTINEL_NODE = 2_000_000_000
 # scsynth's JACK client name, one per JACK server name. JACK 2 gives each client a
 # notification socket named after the client alone (/dev/shm/jack_<client>_<uid>_0),
 # not after its server: when two scsynths of the default name "SuperCollider" opened
@@ -224,7 +230,7 @@ def sample_clock_library() -> Path:
     return library
 
 
-def ruby_string(path: Path) -> str:
+def ruby_string(path: str | Path) -> str:
     """A path as a single-quoted Ruby string literal."""
     return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -417,6 +423,12 @@ class GuiMessage:
     args: tuple
 
 
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class SonicPiServer:
     """A headless Sonic Pi server with its own JACK, ports and folders.
@@ -439,12 +451,15 @@ class SonicPiServer:
     jackd_pid: int | None = None
     messages: "queue.Queue[GuiMessage]" = field(default_factory=queue.Queue)
     idle: threading.Event = field(default_factory=threading.Event)  # no run going
+    # the last stop_runs has been carried out (set: no stop pending), and when
+    stopped: threading.Event = field(default_factory=_set_event)
+    stopped_at: float = float("-inf")
     clock: AudioClock = field(default_factory=AudioClock)
     version: str = "unknown"
-    samples_loaded: set = field(default_factory=set)  # built-in samples, see preload_samples
     ready_at: float | None = None  # monotonic time the boot ended
     _faults: dict = field(default_factory=lambda: {"late": 0}, repr=False)
     _log_offset: int = field(default=0, repr=False)  # of scsynth's log, read so far
+    _log_queries: int = field(default=0, repr=False)  # see scheduling_faults
     # shutdown() is called by a worker and, on Ctrl-C, by the main thread at once
     _shutdown_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -589,19 +604,23 @@ class SonicPiServer:
         raise ServerError(f"no scsynth in the booted server's session; log: {self.workdir / 'server.log'}")
 
     def _warm_up(self, timeout_s: float = 30.0) -> None:
-        """Start and save a recording, then run a quiet program for 4 s of server time,
-        before the first clip.
+        """Before the first clip, run what a clip runs: the recorder in one run, then
+        synths, a sample and timed sleeps (2 s of the server's time) in another.
 
-        The first run after boot is slow (Ruby loads and compiles code paths), slow
-        enough to miss its schedule under acceleration."""
+        The first runs after boot are slow (Ruby loads and compiles code paths), slow
+        enough to miss their schedule under acceleration. Neither run is waited out
+        (Sonic Pi reports a run ended a headroom after its last sleep): the recording
+        saved and a line logged after the sleeps are enough."""
         take = self.workdir / "warm-up.wav"
         self._run_until(f"use_sched_ahead_time {min(self.sched_ahead_s, 1.0):g}; recording_start; "
                         f"recording_save {ruby_string(take)}", f"Saving recording to {take}", timeout_s)
         take.unlink(missing_ok=True)
-        self._run_until("use_debug false; 16.times { synth :beep, amp: 0; sample :elec_tick, "
-                        "amp: 0; sleep 0.25 }", "All runs completed", timeout_s)
+        self._run_until("use_debug false; 8.times { synth :beep, amp: 0; sample :elec_tick, "
+                        f"amp: 0; sleep 0.25 }}; __info {ruby_string(WARMED_UP_INFO)}",
+                        WARMED_UP_INFO, timeout_s)
 
     def _run_until(self, code: str, log_line: str, timeout_s: float) -> None:
+        """Run code and wait until the server logs `log_line`; a ServerError on an error."""
         self.drain_messages()
         self.run_code(code)
         deadline = time.monotonic() + timeout_s
@@ -610,26 +629,11 @@ class SonicPiServer:
                 msg = self.messages.get(timeout=0.2)
             except queue.Empty:
                 continue
+            if msg.address in ("/error", "/syntax_error"):
+                raise ServerError(f"the server's warm-up failed: {msg.args[1:]}")
             if msg.address == "/log/info" and log_line in str(msg.args):
                 return
         raise ServerError(f"the server's warm-up did not finish in {timeout_s:.0f} s")
-
-    def preload_samples(self, names: list[str], timeout_s: float = 30.0) -> None:
-        """Load these built-in samples, those not loaded yet, in a run of their own.
-
-        Sonic Pi loads a sample when a run first plays it and waits for scsynth
-        meanwhile, about a second of its own time; events due in that second reach
-        scsynth late when the headroom is shorter (measured: a jungle program's first
-        clip on a fresh real-time server, 2 events 83 ms late with 1 s of headroom, clean
-        once its break was loaded; at x8 the wait is an eighth and the headroom 2.4 s).
-        A real-time retry always runs on a fresh server, so that retry failed too."""
-        new = [name for name in names if name not in self.samples_loaded]
-        if not new:
-            return
-        self.run_code("; ".join(f"load_sample :{name}" for name in new))
-        if not self.idle.wait(timeout_s):
-            raise ServerError(f"loading the samples {', '.join(new)} did not finish in {timeout_s:.0f} s")
-        self.samples_loaded.update(new)
 
     def _poll_clock(self, gui) -> None:
         """Ask scsynth for its status every CLOCK_POLL_S from the GUI socket, which
@@ -737,6 +741,9 @@ class SonicPiServer:
                 return
             if address == "/runs/all-completed":
                 self.idle.set()
+            elif address == "/log/info" and args and STOPPED_INFO in str(args[-1]):
+                self.stopped_at = time.monotonic()
+                self.stopped.set()
             self.messages.put(GuiMessage(time.monotonic(), address, args))
 
         dispatcher = _GuiDispatcher(self.clock)
@@ -756,8 +763,16 @@ class SonicPiServer:
         self.send("/run-code", code)
 
     def stop_runs(self) -> None:
-        """End every run; `wait_idle` waits until they have ended."""
-        self.run_code("__stop_other_jobs")
+        """End every run. `wait_stopped` waits until the stop has been carried out (the
+        runs fade out for RUN_FADE_S after it), `wait_idle` until they have ended."""
+        self.stopped.clear()
+        self.run_code(f"__stop_other_jobs; __info {ruby_string(STOPPED_INFO)}")
+
+    def wait_stopped(self, timeout_s: float = 10.0) -> None:
+        """Wait until the last `stop_runs` has ended the runs before it. A run sent
+        before that could be ended by it too: the stop is a run that ends all others."""
+        if not self.stopped.wait(timeout_s):
+            raise ServerError(f"the server did not stop its runs within {timeout_s:.0f} s")
 
     def wait_idle(self, timeout_s: float) -> None:
         """Wait until no run is left (Sonic Pi says so after a stopped run's fade-out)."""
@@ -772,23 +787,42 @@ class SonicPiServer:
             except queue.Empty:
                 return drained
 
-    def scheduling_faults(self) -> dict:
+    def scheduling_faults(self, up_to_now: bool = False, timeout_s: float = 5.0) -> dict:
         """Counts, since boot, of late bundles: scsynth got an event more than
         LATE_TOLERANCE_S after its time and played it late (it logs "late <seconds>").
         The log is read from where the last call stopped. (JACK xruns are not counted:
-        with the sample clock they shift nothing, see JACK_PERIOD.)"""
-        try:
-            with open(self._scsynth_log, "rb") as log:
-                log.seek(self._log_offset)
-                text = log.read()
-        except FileNotFoundError:
-            text = b""
-        text = text[: text.rfind(b"\n") + 1]  # a line being written is read next time
-        self._log_offset += len(text)
-        for line in text.decode(errors="replace").splitlines():
-            if line.startswith("late ") and _lateness(line) > LATE_TOLERANCE_S:
-                self._faults["late"] += 1
-        return dict(self._faults)
+        with the sample clock they shift nothing, see JACK_PERIOD.)
+
+        scsynth's lines reach its log through Sonic Pi, a moment after the fact. With
+        `up_to_now`, every line scsynth wrote before this call is counted: scsynth is
+        asked about a node that does not exist, and the log is read until its answer."""
+        sentinel = None
+        if up_to_now:
+            self._log_queries += 1
+            sentinel = f"Node {LOG_SENTINEL_NODE + self._log_queries} not found"
+            query = OscMessageBuilder("/n_query")
+            query.add_arg(LOG_SENTINEL_NODE + self._log_queries)
+            self._gui.socket.sendto(query.build().dgram, ("127.0.0.1", self.ports[2]))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with open(self._scsynth_log, "rb") as log:
+                    log.seek(self._log_offset)
+                    text = log.read()
+            except FileNotFoundError:
+                text = b""
+            text = text[: text.rfind(b"\n") + 1]  # a line being written is read next time
+            self._log_offset += len(text)
+            for line in text.decode(errors="replace").splitlines():
+                if line.startswith("late ") and _lateness(line) > LATE_TOLERANCE_S:
+                    self._faults["late"] += 1
+                elif sentinel and line.endswith(sentinel):
+                    sentinel = None
+            if sentinel is None:
+                return dict(self._faults)
+            if time.monotonic() > deadline or not self.alive():
+                raise ServerError(f"scsynth did not answer a query within {timeout_s:g} s")
+            time.sleep(0.005)
 
 
 class _GuiDispatcher(Dispatcher):

@@ -62,6 +62,15 @@ def test_wrapper_is_one_line_and_sets_120_bpm():
     assert f"sleep {stop:.6f}; use_sched_ahead_time 1.600000;" in first
 
 
+def test_wrapper_loads_the_built_in_samples_the_program_names_before_it_schedules_anything():
+    code = "sample :loop_amen\nsample :bd_haus, amp: 0.5\nsample :no_such_sample\nsample \"/x/y.wav\"\n"
+    first, rest = wrap_program(code, Path("/w/t.wav"), 2.4, 2.4).split("\n", 1)
+    assert rest == code
+    loads, recorder = first.split("in_thread do", 1)
+    assert loads.endswith("load_sample :bd_haus; load_sample :loop_amen; ")
+    assert "load_sample" not in recorder and "no_such_sample" not in first
+
+
 def test_sound_between_marker_and_beat_zero_is_not_taken_for_the_marker():
     recording = _recording(marker_at=1000)
     recording[1000 + int(0.2 * SAMPLE_RATE)] = 9000  # e.g. a previous run's tail

@@ -17,10 +17,16 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from renderer.clip import CLIP_FRAMES, MAX_CLOCK_DRIFT_S, render_clip_retrying
+from pythonosc.osc_bundle_builder import OscBundleBuilder
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.udp_client import SimpleUDPClient
+
+import renderer.clip as clip_module
+from renderer.clip import CLIP_FRAMES, MAX_CLOCK_DRIFT_S, find_marker, render_clip_retrying
 from renderer.fidelity import METRONOME, check_fidelity, grid_error, onset_times
 from renderer.render import read_status, render_programs
-from renderer.server import SonicPiServer, sample_clock_library, sonic_pi_installed
+from renderer.server import (LOG_SENTINEL_NODE, SAMPLE_RATE, SonicPiServer, sample_clock_library,
+                             sonic_pi_installed)
 from sonicpi_gen.expand import expand_templates
 
 pytestmark = [pytest.mark.sonicpi,
@@ -111,14 +117,34 @@ def test_scsynth_has_a_jack_client_name_of_its_own_and_its_default_connections(s
         f"{client}:in_1": ["system:capture_1"], f"{client}:in_2": ["system:capture_2"]}
 
 
-def test_samples_a_program_names_are_loaded_before_its_clip_and_once(server):
-    code = "sample :loop_breakbeat, beat_stretch: 2.875, amp: 0.5\nsleep 18"
-    result = render_clip_retrying(server, code)
-    assert result.status == "ok", result.message
-    assert "loop_breakbeat" in server.samples_loaded
-    server.drain_messages()
-    server.preload_samples(["loop_breakbeat"])  # loaded already: no run
-    assert server.idle.is_set() and not server.drain_messages()
+def test_a_late_event_is_counted_by_the_time_scheduling_faults_returns(server):
+    before = server.scheduling_faults(up_to_now=True)["late"]
+    query = OscMessageBuilder("/n_query")
+    query.add_arg(LOG_SENTINEL_NODE - 1)
+    bundle = OscBundleBuilder(time.time() - 1.0)  # a second ago: late in any clock
+    bundle.add_content(query.build())
+    SimpleUDPClient("127.0.0.1", server.ports[2]).send(bundle.build())
+    assert server.scheduling_faults(up_to_now=True)["late"] == before + 1
+
+
+def test_a_stopped_clip_does_not_sound_in_the_next_recording(server, monkeypatch):
+    """The next clip's run starts right after the stop: the loud run before it must be
+    silent by the time its recorder starts (the recording is checked whole, marker and
+    all, not only the clip cut from it)."""
+    recordings = []
+    read_take = clip_module._read_take
+    monkeypatch.setattr(clip_module, "_read_take", lambda take: recordings.append(read_take(take)) or recordings[-1])
+    loud = ("with_fx :reverb, room: 1 do\n  live_loop :noise do\n    synth :noise, sustain: 4, "
+            "release: 2, amp: 1\n    sleep 1\n  end\nend\n")
+    for code in (loud, "play 60, amp: 0.2\nsleep 18\n"):
+        result = render_clip_retrying(server, code)
+        assert result.status == "ok", result.message
+    quiet = recordings[-1]
+    marker = find_marker(quiet)
+    assert marker > SAMPLE_RATE  # the recorder starts a headroom before the marker
+    # all digital silence up to the marker click's first samples (below find_marker's threshold)
+    assert np.abs(quiet[:marker - int(0.002 * SAMPLE_RATE)].astype(np.int32)).max() == 0
+    assert np.abs(recordings[-2]).max() > 16000  # the run before was loud
 
 
 def test_metronome_lands_on_the_grid_and_the_clip_is_exactly_18_s(server):
