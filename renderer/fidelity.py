@@ -25,16 +25,14 @@ from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
 
-# Measured on the 2-core machine, 108 template programs with a metronome every 12th,
-# clip loop only: 4 servers at x16 rendered 32.7x real time, but Ruby's own waits (5 s
-# of Sonic Pi's time, a third of a real second at x16) timed out now and then and
-# metronome onsets strayed up to 15 ms; 6 servers at x8 (headroom 0.4 s) rendered 33.5x
-# with every clip ok. Since every clip is checked for clock drift (see
-# renderer.server.CLOCK_POLL_S), bench_render with the defaults (6 workers, x8,
-# headroom 0.3 s) kept its 6 metronomes within 2.02 ms, retrying 14 of 60 clips; 8
-# workers at x8 had 30 of 60 retried. So auto stops at x8; a user may ask for more.
+# Measured on the 2-core machine with the sample clock (bench_render's 60 programs, 6
+# workers): at x8, 59 or 60 of the 60 clips passed at x8 (0-3 retried) and metronomes
+# kept within 1.8 ms under load. At x12 and x16, beside five servers rendering heavy programs, 6 of 75
+# metronomes had onsets 14-41 ms late with no late event logged and no drift, a fault
+# the renderer cannot see (README, "A clock tied to the samples"). So auto stops at x8;
+# a user may ask for more.
 CANDIDATE_FACTORS = (8, 4)
-CALIBRATION_VERSION = 3  # bumped when the clip protocol or the candidates change
+CALIBRATION_VERSION = 4  # bumped when the clip protocol or the candidates change
 FALLBACK_FACTOR = 8.0  # used when calibration itself cannot run
 ONSET_TOLERANCE_S = 0.005
 # How much less alike an accelerated render may be than two real-time renders.
