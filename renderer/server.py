@@ -100,6 +100,7 @@ _STATUS_REQUEST = OscMessageBuilder("/status").build().dgram
 _STATUS_REPLY_HEAD = b"/status.reply\0\0\0,iiiiiffdd\0\0"
 _STATUS_REPLY_VALUES = struct.Struct(">5i2f2d")
 BOOTED_LINE = "Sonic Pi Server successfully booted."
+# What the warm-up's second run logs after its sleeps (see SonicPiServer._warm_up)
 WARMED_UP_INFO = "sonicpi-gen: warmed up"
 # What the stop's run logs once it has ended the others (see SonicPiServer.stop_runs)
 STOPPED_INFO = "sonicpi-gen: stopped"
@@ -230,9 +231,9 @@ def sample_clock_library() -> Path:
     return library
 
 
-def ruby_string(path: str | Path) -> str:
-    """A path as a single-quoted Ruby string literal."""
-    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+def ruby_string(text: str | Path) -> str:
+    """Text (a path, a log line) as a single-quoted Ruby string literal."""
+    return "'" + str(text).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def sonic_pi_installed() -> bool:
@@ -630,7 +631,8 @@ class SonicPiServer:
             except queue.Empty:
                 continue
             if msg.address in ("/error", "/syntax_error"):
-                raise ServerError(f"the server's warm-up failed: {msg.args[1:]}")
+                raise ServerError("the server's warm-up failed: "
+                                  + " ".join(str(arg) for arg in msg.args[1:]))
             if msg.address == "/log/info" and log_line in str(msg.args):
                 return
         raise ServerError(f"the server's warm-up did not finish in {timeout_s:.0f} s")
