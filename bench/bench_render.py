@@ -160,16 +160,15 @@ def main() -> None:
         if a is None or r1 is None:
             print(f"{name:28s} not comparable (status {fast.get(source, {}).get('status')} / {rt.get(source, {}).get('status')})")
             continue
-        row = {"program": name, "spec_acc": spectrum_similarity(a, r1), "env_acc": envelope_correlation(a, r1)}
         realtimes = [r1] + [r for r in (audio(root / f"realtime{k}", rows.get(source))
                                         for k, rows in enumerate(again, 2)) if r is not None]
+        row = {"program": name,
+               "spec_acc": float(np.mean([spectrum_similarity(a, r) for r in realtimes])),
+               "env_acc": float(np.mean([envelope_correlation(a, r) for r in realtimes]))}
         if len(realtimes) > 1:
             pairs = list(itertools.combinations(realtimes, 2))
-            row.update(
-                spec_acc=float(np.mean([spectrum_similarity(a, r) for r in realtimes])),
-                env_acc=float(np.mean([envelope_correlation(a, r) for r in realtimes])),
-                spec_rt=[spectrum_similarity(x, y) for x, y in pairs],
-                env_rt=[envelope_correlation(x, y) for x, y in pairs])
+            row.update(spec_rt=[spectrum_similarity(x, y) for x, y in pairs],
+                       env_rt=[envelope_correlation(x, y) for x, y in pairs])
             row["within"] = (row["spec_acc"] >= min(row["spec_rt"]) - SPECTRUM_TOLERANCE
                              and row["env_acc"] >= min(row["env_rt"]) - ENVELOPE_TOLERANCE)
         results.append(row)
