@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import html
+import os
 import queue
 import re
 import time
@@ -112,6 +113,28 @@ SERVER_STATE_RE = re.compile(
 def touches_server_state(code: str) -> list[str]:
     """What in `code` may change the server for the programs after it (SERVER_STATE_RE)."""
     return sorted({match.group(0).strip() for match in SERVER_STATE_RE.finditer(code)})
+
+
+# Calls that make sound, and a sample named by a file path (quoted)
+SOUND_CALL_RE = re.compile(r"\b(play\w*|synth|sample|live_audio|midi\w*)\b")
+SAMPLE_PATH_RE = re.compile(r"\bsample\s*\(?\s*(?:\"([^\"]+)\"|'([^']+)')")
+# What a sandboxed server can read (renderer.sandbox)
+READABLE_ROOTS = ("/usr/",)
+
+
+def silence_reason(code: str) -> str | None:
+    """Why a program that rendered silent was silent, where its text tells: it makes no
+    sound call, or it names a sample file the server cannot read."""
+    if not SOUND_CALL_RE.search(code):
+        return "the program has no play, synth or sample call"
+    for match in SAMPLE_PATH_RE.finditer(code):
+        path = os.path.expanduser(match.group(1) or match.group(2))
+        if not os.path.isfile(path):
+            return f"sample file {path} does not exist"
+        if not os.path.realpath(path).startswith(READABLE_ROOTS):
+            return (f"sample file {path} is outside what the sandboxed server can read "
+                    f"({', '.join(READABLE_ROOTS)})")
+    return None
 
 
 class ShortRecording(ServerError):
@@ -286,6 +309,9 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     status, message = "ok", None
     if levels["peak_dbfs"] < SILENCE_DBFS:
         status, message = "silent", f"peak {levels['peak_dbfs']:.1f} dBFS is below {SILENCE_DBFS:g} dBFS"
+        reason = silence_reason(code)
+        if reason:
+            message += f": {reason}"
     elif levels["full_scale_fraction"] > max_full_scale:
         message = (f"clipped: {levels['full_scale_fraction']:.2%} of samples at full scale "
                    f"(flag threshold {max_full_scale:.2%})")

@@ -739,7 +739,7 @@ def render_programs(in_dir: Path, out_dir: Path, workers: int = DEFAULT_WORKERS,
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = _hold_output(out_dir)
-    except PermissionError as err:
+    except OSError as err:  # not permitted, or a read-only file system
         raise RenderError(f"cannot write to {out_dir} ({err.strerror}): choose an --out you can "
                           "write to") from err
     try:
