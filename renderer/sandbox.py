@@ -63,7 +63,7 @@ PATH = "/usr/bin:/bin"
 # Files of /etc a sandbox sees empty
 HIDDEN_FILES = ("/etc/hostname", "/etc/machine-id", "/etc/mailname")
 
-_UID_COUNTER = itertools.count()
+_COUNTER = itertools.count()  # sandboxes made by this process
 
 
 class SandboxError(RuntimeError):
@@ -122,9 +122,10 @@ class Sandbox:
 
     def __init__(self, name: str):
         self.root = os.geteuid() == 0
-        self.uid = SANDBOX_UID_BASE + (os.getpid() * 64 + next(_UID_COUNTER)) % SANDBOX_UIDS \
-            if self.root else os.getuid()
-        self.scratch = scratch_root() / f"{name}-{next(_UID_COUNTER)}"
+        number = next(_COUNTER)
+        self.uid = SANDBOX_UID_BASE + (os.getpid() * 64 + number) % SANDBOX_UIDS if self.root \
+            else os.getuid()
+        self.scratch = scratch_root() / f"{name}-{number}"
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(mode=0o700)
         if self.root:

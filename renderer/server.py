@@ -203,7 +203,6 @@ class SonicPiServer:
     # A semaphore shared by servers that boot side by side, to limit how many boot at once
     boot_slots: object = None
     sandbox: Sandbox | None = None
-    launcher: object = None  # the sandbox's first process (bubblewrap)
     messages: "queue.Queue[GuiMessage]" = field(default_factory=queue.Queue)
     idle: threading.Event = field(default_factory=threading.Event)  # no run going
     # the last stop_runs has been carried out (set: no stop pending), and when
@@ -289,7 +288,7 @@ class SonicPiServer:
         shutil.copyfile(sample_clock, scratch / "bin" / "sample-clock.so")
         shutil.copyfile(OSC_BRIDGE, scratch / "bin" / "osc_bridge.rb")
         self._open_sockets()
-        env = {"HOME": "/spg/home", "TMPDIR": "/spg/tmp", "SPG_DIR": "/spg", "LANG": "C.UTF-8",
+        env = {"HOME": "/spg/home", "TMPDIR": "/spg/tmp", "LANG": "C.UTF-8",
                "PATH": "/spg/bin:/usr/bin:/bin", "JACK_NO_AUDIO_RESERVATION": "1",
                "JACK_DEFAULT_SERVER": JACK_NAME,
                "SC_JACK_DEFAULT_OUTPUTS": "system:playback_1,system:playback_2",
@@ -306,8 +305,7 @@ class SonicPiServer:
                              "scsynth_port": SCSYNTH_PORT, "gui_port": GUI_PORT,
                              "ports": " ".join(map(str, PORTS))}
         try:
-            self.launcher = self.sandbox.start(["bash", "-c", script, "launcher"], env,
-                                               scratch / "server.log")
+            self.sandbox.start(["bash", "-c", script, "launcher"], env, scratch / "server.log")
         except (OSError, SandboxError) as err:
             raise ServerError(f"could not start the server's sandbox: {err}") from err
         self._wait_booted()
