@@ -30,6 +30,8 @@ renders is at least the lowest similarity between two of them, less a tolerance
 """
 
 import argparse
+import contextlib
+import fcntl
 import itertools
 import json
 import shutil
@@ -70,6 +72,17 @@ def make_programs(folder: Path, count: int, offset: int, metronomes: int) -> lis
     return [(f"{order:03d}-{name}", code) for order, (name, code) in enumerate(picked)]
 
 
+@contextlib.contextmanager
+def quiet(lock_path: Path | None):
+    """Hold an exclusive flock on `lock_path` (if given) for the block."""
+    if lock_path is None:
+        yield
+        return
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def timed_render(programs: Path, out: Path, workers: int, acceleration) -> tuple[float, dict, float]:
     """Wall seconds of the whole run, status rows by source, and seconds until the first
     clip was written (the servers' boot)."""
@@ -105,16 +118,21 @@ def main() -> None:
     parser.add_argument("--spread-renders", type=int, default=3,
                         help="real-time renders of each of those programs, the first pass included")
     parser.add_argument("--out", type=Path, default=None, help="keep renders here (default: temp)")
+    parser.add_argument("--quiet-lock", type=Path, default=None,
+                        help="on a shared machine: a lock file (flock) the other heavy jobs take, held "
+                             "during the calibration and the accelerated render, whose figures "
+                             "a busy CPU would change; the real-time renders do not need it")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-render-"))
     programs = make_programs(root / "programs", args.programs, args.offset, args.metronomes)
     plain = root / "programs" / "plain"
     audio_s = 18.0 * len(programs)
 
-    # "auto" calibrates once per machine (cached): done before the clock starts
-    factor = resolve_acceleration(args.acceleration, root / "calibration")
     rt_wall, rt, _ = timed_render(plain, root / "realtime", 1, 1.0)
-    fast_wall, fast, fast_boot = timed_render(plain, root / "accelerated", args.workers, factor)
+    with quiet(args.quiet_lock):
+        # "auto" calibrates once per machine (cached): done before the clock starts
+        factor = resolve_acceleration(args.acceleration, root / "calibration")
+        fast_wall, fast, fast_boot = timed_render(plain, root / "accelerated", args.workers, factor)
     spread_dir = root / "programs" / "spread"
     spread_dir.mkdir()
     for name, _ in [p for p in programs if "metronome" not in p[0]][: args.spread]:
