@@ -41,10 +41,11 @@ BWRAP = "bwrap"
 # Where the scratch folder appears inside the sandbox.
 SCRATCH_MOUNT = "/spg"
 # Sandboxes run as uids from here on when the renderer is root: a uid of their own
-# each, so that the process limit counts one sandbox's processes, not all of them.
-# Far above the ranges Debian hands to users and to /etc/subuid.
+# each, so that the process limit counts one sandbox's processes, not all of them, in
+# a block of RENDERER_UIDS per renderer process (see sandbox_uids). Far above the
+# ranges Debian hands to users and to /etc/subuid.
 SANDBOX_UID_BASE = 2_000_000_000
-SANDBOX_UIDS = 1 << 20
+RENDERER_UIDS = 4096
 # Per-process limits (prlimit names). A booted server runs some 150 threads (Erlang's
 # schedulers, Ruby's threads, scsynth's), all counted by nproc; a fork bomb stops at
 # the limit. as: a program that allocates without bound fails in its own Ruby (Ruby's
@@ -68,6 +69,12 @@ _COUNTER = itertools.count()  # sandboxes made by this process
 
 class SandboxError(RuntimeError):
     """The sandbox could not be made (bubblewrap missing or refused)."""
+
+
+def sandbox_uids(renderer_pid: int) -> range:
+    """The uids the sandboxes of the renderer with this pid run as (when it is root)."""
+    start = SANDBOX_UID_BASE + renderer_pid % RENDERER_UIDS * RENDERER_UIDS
+    return range(start, start + RENDERER_UIDS)
 
 
 def bubblewrap_installed() -> bool:
@@ -123,8 +130,7 @@ class Sandbox:
     def __init__(self, name: str):
         self.root = os.geteuid() == 0
         number = next(_COUNTER)
-        self.uid = SANDBOX_UID_BASE + (os.getpid() * 64 + number) % SANDBOX_UIDS if self.root \
-            else os.getuid()
+        self.uid = sandbox_uids(os.getpid())[number % RENDERER_UIDS] if self.root else os.getuid()
         self.scratch = scratch_root() / f"{name}-{number}"
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(mode=0o700)

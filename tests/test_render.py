@@ -26,7 +26,7 @@ import renderer.clip as clip_module
 from renderer.clip import CLIP_FRAMES, MAX_CLOCK_DRIFT_S, find_marker, render_clip_retrying
 from renderer.fidelity import METRONOME, check_fidelity, grid_error, onset_times
 from renderer.render import RenderError, read_status, render_programs
-from renderer.sandbox import SANDBOX_UID_BASE, bubblewrap_installed, scratch_root
+from renderer.sandbox import SANDBOX_UID_BASE, bubblewrap_installed, sandbox_uids, scratch_root
 from renderer.server import LOG_SENTINEL_NODE, SAMPLE_RATE, ServerError, SonicPiServer, sonic_pi_installed
 from sonicpi_gen.expand import expand_templates
 
@@ -47,9 +47,11 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_SERVER_UIDS: set[int] = set()
 
 
-def stack_processes(include_shared: bool = False) -> list[tuple[int, str]]:
-    """Live processes of this test run's sandboxes: every sandbox runs as a uid of its
-    own from SANDBOX_UID_BASE when the renderer is root (as in CI)."""
+def stack_processes(*renderers: int, include_shared: bool = False) -> list[tuple[int, str]]:
+    """Live processes of the sandboxes made by these renderer processes (default: this
+    one): every sandbox runs as a uid of its own (sandbox_uids) when the renderer is
+    root (as in CI)."""
+    uids = [sandbox_uids(pid) for pid in renderers or (os.getpid(),)]
     if os.geteuid() != 0:
         pytest.skip("sandboxes share the renderer's uid when it is not root")
     found = []
@@ -61,7 +63,7 @@ def stack_processes(include_shared: bool = False) -> list[tuple[int, str]]:
         except OSError:
             continue
         uid = int(status.split("\nUid:")[1].split()[0])
-        if uid >= SANDBOX_UID_BASE and "\nState:\tZ" not in status \
+        if any(uid in block for block in uids) and "\nState:\tZ" not in status \
                 and (include_shared or uid not in SHARED_SERVER_UIDS):
             found.append((int(entry), status.split()[1]))
     return found
@@ -83,7 +85,8 @@ def server(tmp_path_factory):
         scratch = srv.scratch
         SHARED_SERVER_UIDS.add(srv.sandbox.uid)
         yield srv
-    assert wait_until(lambda: not stack_processes(include_shared=True), 10), stack_processes(True)
+    assert wait_until(lambda: not stack_processes(include_shared=True), 10), \
+        stack_processes(include_shared=True)
     assert not scratch.exists()
 
 
@@ -211,7 +214,7 @@ def test_resume_after_a_killed_run_renders_only_what_was_missing(programs, tmp_p
         render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)
     proc.send_signal(sig)  # SIGKILL: no cleanup code of the renderer runs; the sandboxes die with it
     proc.wait(timeout=60)
-    assert wait_until(lambda: not stack_processes(), 15), stack_processes()
+    assert wait_until(lambda: not stack_processes(proc.pid), 15), stack_processes(proc.pid)
     assert not Path(scratch_root().parent / f"sonicpi-gen-{os.getuid()}-{proc.pid}").exists() \
         or sig == signal.SIGKILL  # a killed renderer's scratch is removed by the next render
     done = {i for i, row in read_status(out).items() if row["status"] == "ok"}
