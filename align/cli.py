@@ -70,9 +70,16 @@ def train(embeddings, out, out_dim, data_config, device, threads, overwrite, **s
 
     cfg = _run(TrainConfig(out=out_dim, config=data_config, **settings).validate)
     summary = _run(train_aligner, embeddings, out, cfg, device=device, threads=threads, overwrite=overwrite)
-    raw, ali = summary["test_raw"], summary["test_aligned"]
-    click.echo(f"{out}: best epoch {summary['best_epoch']}, test CKA {raw['cka']:.3f} -> {ali['cka']:.3f}, "
-               f"CCA {raw['cca']:.3f} -> {ali['cca']:.3f}")
+    raw, ali, null = summary["test_raw"], summary["test_aligned"], summary.get("test_aligned_chance", {})
+
+    def beside(key):  # a number beside what shuffled pairs give
+        d = null.get(key)
+        return f" (shuffled pairs {d['null_mean']:.3f}, p {d['p_value']:.3f})" if d else ""
+
+    click.echo(f"{out}: best epoch {summary['best_epoch']}, test CKA {raw['cka']:.3f} -> {ali['cka']:.3f}{beside('cka')}, "
+               f"CCA {raw['cca']:.3f} -> {ali['cca']:.3f}{beside('cca')}")
+    for warning in summary.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()
@@ -110,12 +117,14 @@ def sweep(embeddings, out, grid, seeds, overrides, workers, threads, device) -> 
 @click.option("--n-boot", type=click.IntRange(0), default=100, show_default=True, help="Bootstrap resamples.")
 @click.option("--projection", type=click.Choice(["pca", "umap"]), default="pca", show_default=True)
 @click.option("--max-points", type=click.IntRange(10), default=2000, show_default=True, help="Test rows scored at most.")
-def report(embeddings, out, checkpoint, sweep_dir, data_config, n_boot, projection, max_points) -> None:
-    """Write the study's analyses as report.md with figures."""
+@click.option("--n-perm", type=click.IntRange(1), default=200, show_default=True, help="Shuffles per chance level.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of bootstrap, shuffles and subsample.")
+def report(embeddings, out, checkpoint, sweep_dir, data_config, n_boot, projection, max_points, n_perm, seed) -> None:
+    """Write the study's analyses as report.md with figures, every number beside chance."""
     from align.report import build_report
 
     path = _run(build_report, embeddings, out, checkpoint=checkpoint, sweep=sweep_dir, config=data_config,
-                n_boot=n_boot, projection=projection, max_points=max_points)
+                n_boot=n_boot, projection=projection, max_points=max_points, n_perm=n_perm, seed=seed)
     click.echo(str(path))
 
 

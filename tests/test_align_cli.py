@@ -183,3 +183,47 @@ def test_rank_wrong_encoder_dimension_is_named(run_dir, programs, monkeypatch):
     monkeypatch.setitem(sys.modules, "embed.encoders", module)
     res = CliRunner().invoke(main, ["rank", "--checkpoint", str(run_dir), *map(str, programs)])
     assert res.exit_code == 1 and f"checkpoint expects {DIM}-d" in res.output
+
+
+def _rewrite(src, dst, **columns):
+    """Copy an embeddings folder, replacing some columns of its parquet file."""
+    import pyarrow as pa
+
+    table = pq.read_table(src / "embeddings.parquet")
+    for name, values in columns.items():
+        field = table.schema.field(name)
+        table = table.set_column(table.schema.get_field_index(name), field, pa.array(values, type=field.type))
+    dst.mkdir(parents=True)
+    pq.write_table(table, dst / "embeddings.parquet")
+    return dst
+
+
+def test_aligner_trained_on_shuffled_pairs_is_reported_at_chance(emb, tmp_path):
+    audio = pq.read_table(emb / "embeddings.parquet")["audio_emb"].to_pylist()
+    perm = np.random.default_rng(0).permutation(len(audio))
+    shuffled = _rewrite(emb, tmp_path / "shuffled", audio_emb=[audio[i] for i in perm])
+    run = tmp_path / "run"
+    res = invoke("train", "--embeddings", shuffled, "--out", run, "--hidden", "16", "--out-dim", "8", "--layers", "2",
+                 "--max-epochs", "8", "--batch-size", "32")
+    assert "nothing learned" in res.output
+    out = tmp_path / "report"
+    invoke("report", "--embeddings", shuffled, "--checkpoint", run, "--out", out, "--n-boot", "5", "--n-perm", "200")
+    numbers = json.loads((out / "report.json").read_text())
+    for key in ("cka", "cka_debiased", "dist_spearman", "c2a_mrr"):
+        entry = numbers["test_aligned"][key]
+        assert {"value", "low", "high", "null_mean", "null_p95", "p_value"} <= set(entry)
+        assert entry["p_value"] > 0.05, key
+    text = (out / "report.md").read_text()
+    assert "aligned space: indistinguishable from shuffled pairs" in text
+    assert any("nothing learned" in w for w in numbers["warnings"])
+    assert "Within templates" in text and "mantel_p" in numbers["raw_correlation"]
+
+
+def test_report_warns_of_a_collapsed_encoder(emb, tmp_path):
+    code = np.asarray(pq.read_table(emb / "embeddings.parquet")["code_emb"].to_pylist())
+    collapsed = _rewrite(emb, tmp_path / "collapsed", code_emb=list(np.ones_like(code) + 1e-4 * code))
+    out = tmp_path / "report"
+    invoke("report", "--embeddings", collapsed, "--out", out, "--n-boot", "0", "--n-perm", "20")
+    numbers = json.loads((out / "report.json").read_text())
+    assert any(w.startswith("raw code embeddings have collapsed") for w in numbers["warnings"])
+    assert "have collapsed" in (out / "report.md").read_text()
