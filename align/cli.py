@@ -104,8 +104,10 @@ def sweep(embeddings, out, grid, seeds, overrides, workers, threads, device) -> 
         raise click.ClickException(f"--grid must be a JSON object and --set KEY=VALUE ({err})") from err
     results = _run(run_sweep, embeddings, out, grid_obj, seeds, base, device=device, workers=workers, threads=threads)
     best = next(r for r in results if r["val_cka"]["mean"] == max(x["val_cka"]["mean"] for x in results))
+    chosen = json.loads((out / "best" / "config.json").read_text())
     click.echo(f"{len(results)} configurations -> {out / 'results.md'}; best (val CKA): {best['key']}, "
-               f"test CKA {best['test_cka']['mean']:.3f} ± {best['test_cka']['std']:.3f}")
+               f"test CKA {best['test_cka']['mean']:.3f} ± {best['test_cka']['std']:.3f}; "
+               f"checkpoint {out / 'best' / 'checkpoint.pt'} (its seed {chosen['seed']})")
 
 
 @main.command()

@@ -227,3 +227,41 @@ def test_report_warns_of_a_collapsed_encoder(emb, tmp_path):
     numbers = json.loads((out / "report.json").read_text())
     assert any(w.startswith("raw code embeddings have collapsed") for w in numbers["warnings"])
     assert "have collapsed" in (out / "report.md").read_text()
+
+
+def test_sweep_best_seed_in_another_configuration_still_writes_best(emb, tmp_path, monkeypatch):
+    # configuration layers=1 has the single best seed (0.9) but the lower mean (0.5);
+    # layers=2 wins on the mean (0.6): best/ must hold layers=2's best seed (seed 1)
+    import align.sweep as sweep_mod
+
+    val = {("layers=1", 0): 0.9, ("layers=1", 1): 0.1, ("layers=2", 0): 0.55, ("layers=2", 1): 0.65}
+    real = sweep_mod._run_config
+
+    def fixed_val(settings):
+        rows = real(settings)
+        for r in rows:
+            r["val_cka"] = val[(r["key"], r["seed"])]
+        return rows
+
+    monkeypatch.setattr(sweep_mod, "_run_config", fixed_val)
+    out = tmp_path / "sweep"
+    args = ["sweep", "--embeddings", emb, "--out", out, "--grid", '{"layers": [1, 2]}', "--seeds", "2",
+            "--set", "hidden=16", "--set", "out=8", "--set", "max_epochs=2", "--set", "batch_size=32"]
+    res = invoke(*args)
+    assert "best (val CKA): layers=2" in res.output and "(its seed 1)" in res.output
+    chosen = json.loads((out / "best" / "config.json").read_text())
+    assert chosen["key"] == "layers=2" and chosen["seed"] == 1
+    ckpt = torch.load(out / "best" / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["layers"] == 2 and ckpt["config"]["seed"] == 1
+    # the report scores that checkpoint and says which it is
+    report = tmp_path / "report"
+    invoke("report", "--embeddings", emb, "--sweep", out, "--out", report, "--n-boot", "0", "--n-perm", "10")
+    text = (report / "report.md").read_text()
+    assert "sweep configuration layers=2, seed 1" in text and "aligner: none" not in text
+    # best/ is rewritten on a resumed call that trains nothing, from configs/<key>/
+    import shutil
+
+    shutil.rmtree(out / "best")
+    invoke(*args)
+    assert json.loads((out / "best" / "config.json").read_text())["seed"] == 1
+    assert json.loads((out / "sweep.json").read_text())["runs_trained"] == 0
