@@ -138,11 +138,16 @@ def report(embeddings, out, checkpoint, sweep_dir, data_config, n_boot, projecti
 @click.option("--encoder", "encoder_id", default=None, help="Code encoder id/path (default: the checkpoint's).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
-def rank(checkpoint, programs, query, encoder_id, device, as_json) -> None:
+@click.option("--any-revision", is_flag=True, help="Rank even if the encoder's revision differs from the recorded one.")
+def rank(checkpoint, programs, query, encoder_id, device, as_json, any_revision) -> None:
     """Order programs by predicted audio distinctness (or similarity to --query)."""
     from align.rank import rank_programs
 
-    ranked = _run(rank_programs, checkpoint, list(programs), query=query, encoder_id=encoder_id, device=device)
+    ranked = _run(rank_programs, checkpoint, list(programs), query=query, encoder_id=encoder_id, device=device,
+                  check_revision=not any_revision)
     for r in ranked:
+        if "warning" in r:
+            click.echo(f"warning: {r['warning']}", err=True)
+            continue
         score = "-" if r["score"] is None else f"{r['score']:.4f}"
         click.echo(json.dumps(r) if as_json else f"{r['rank']:3d}  {score:>8}  {r['path']}")

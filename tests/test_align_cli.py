@@ -265,3 +265,97 @@ def test_sweep_best_seed_in_another_configuration_still_writes_best(emb, tmp_pat
     invoke(*args)
     assert json.loads((out / "best" / "config.json").read_text())["seed"] == 1
     assert json.loads((out / "sweep.json").read_text())["runs_trained"] == 0
+
+
+@pytest.fixture(scope="module")
+def folder_run(emb, tmp_path_factory):
+    """A run trained on embeddings whose code encoder was a relative folder, made in
+    another directory: models/enc under <made>/, revision local-sha256:abc."""
+    import pyarrow as pa  # noqa: F401
+
+    root = tmp_path_factory.mktemp("folder")
+    made = root / "made"
+    (made / "models" / "enc").mkdir(parents=True)
+    table = pq.read_table(emb / "embeddings.parquet")
+    meta = dict(table.schema.metadata or {})
+    meta[b"code_model"], meta[b"code_revision"] = b"models/enc", b"local-sha256:abc"
+    dst = root / "emb"
+    dst.mkdir()
+    pq.write_table(table.replace_schema_metadata(meta), dst / "embeddings.parquet")
+    (dst / "provenance.json").write_text(json.dumps({"cwd": str(made)}))
+    run = root / "run"
+    invoke("train", "--embeddings", dst, "--out", run, *SMALL)
+    return run, made
+
+
+def _encoder_module(monkeypatch, load):
+    module = types.ModuleType("embed.encoders")
+    module.load_code_encoder = load
+
+    class ModelUnavailableError(RuntimeError):
+        pass
+
+    module.ModelUnavailableError = ModelUnavailableError
+    monkeypatch.setitem(sys.modules, "embed.encoders", module)
+    return module
+
+
+def test_rank_resolves_a_recorded_relative_folder_where_embed_ran(folder_run, programs, monkeypatch):
+    run, made = folder_run
+    seen = {}
+
+    def load(model_id, device="cpu"):
+        seen["model_id"] = model_id
+        enc = FakeEncoder(DIM)
+        enc.revision = "local-sha256:abc"
+        return enc
+
+    _encoder_module(monkeypatch, load)
+    monkeypatch.chdir(programs[0].parent)  # somewhere else than where embed ran
+    invoke("rank", "--checkpoint", run, *programs)
+    assert seen["model_id"] == str((made / "models" / "enc").resolve())
+
+
+def test_rank_refuses_another_revision(folder_run, programs, monkeypatch):
+    run, _ = folder_run
+
+    def load(model_id, device="cpu"):
+        enc = FakeEncoder(DIM)
+        enc.revision = "local-sha256:other"
+        return enc
+
+    _encoder_module(monkeypatch, load)
+    res = CliRunner().invoke(main, ["rank", "--checkpoint", str(run), *map(str, programs)])
+    assert res.exit_code == 1 and "revision local-sha256:other" in res.output and "local-sha256:abc" in res.output
+    invoke("rank", "--checkpoint", run, *programs, "--any-revision")
+
+
+def test_rank_missing_model_is_a_clean_error(run_dir, programs, monkeypatch):
+    def load(model_id, device="cpu"):
+        raise module.ModelUnavailableError(f"code model '{model_id}' could not be loaded: not cached")
+
+    module = _encoder_module(monkeypatch, load)
+    res = CliRunner().invoke(main, ["rank", "--checkpoint", str(run_dir), *map(str, programs)])
+    assert res.exit_code == 1 and "code model 'synthetic/code' could not be loaded" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_rank_recorded_folder_missing_names_the_fix(tmp_path):
+    from align.rank import resolve_recorded_model
+
+    source = {"path": str(tmp_path / "emb"), "provenance": {"cwd": str(tmp_path / "gone")},
+              "metadata": {"code_revision": "local-sha256:abc"}}
+    with pytest.raises(ValueError, match="local folder 'models/enc'.*--encoder"):
+        resolve_recorded_model("models/enc", source)
+    # a hub id with no local folder and no local revision stays a hub id
+    assert resolve_recorded_model("org/name", {"metadata": {"code_revision": "0" * 40}}) == "org/name"
+
+
+def test_rank_warns_when_candidates_cannot_be_told_apart(run_dir, programs, monkeypatch):
+    class Constant(FakeEncoder):
+        def encode(self, codes):
+            return np.ones((len(codes), DIM), np.float32)
+
+    _encoder_module(monkeypatch, lambda model_id, device="cpu": Constant(DIM))
+    res = invoke("rank", "--checkpoint", run_dir, *programs)
+    assert "candidates cannot be told apart" in res.output
