@@ -434,7 +434,8 @@ def build_report(
         try:
             from align.plots import plot_modalities  # matplotlib only when drawing
 
-            figures = plot_modalities(out / "figures", tc, ta, labels, zc, za, projection)
+            figures, errors = plot_modalities(out / "figures", tc, ta, labels, zc, za, projection)
+            figure_error = "; ".join(errors) or None
         except Exception as err:  # noqa: BLE001 - a figure never costs the analyses
             figure_error = f"{type(err).__name__}: {err}"
             logger.warning("figures not drawn: %s", figure_error)
