@@ -408,7 +408,10 @@ def _run_warnings(result: SeedResult, data: PairedSplits, cfg: TrainConfig, zc: 
     """align.checks' warnings for one finished run."""
     from align import checks
 
+    from align.evaluate import CCA_PCA_DIMS, DEFAULT_K
+
     out = [checks.check_learned(result.best_val_loss, data.sizes()["validation"], cfg.batch_size)]
+    out += checks.check_rows(len(zc), min(CCA_PCA_DIMS, zc.shape[1], len(zc) - 1), DEFAULT_K)
     out += [checks.check_collapse(X, name) for name, X in (("aligned code", zc), ("aligned audio", za))]
     return [w for w in out if w]
 
