@@ -151,3 +151,7 @@ def rank(checkpoint, programs, query, encoder_id, device, as_json, any_revision)
             continue
         score = "-" if r["score"] is None else f"{r['score']:.4f}"
         click.echo(json.dumps(r) if as_json else f"{r['rank']:3d}  {score:>8}  {r['path']}")
+
+
+if __name__ == "__main__":  # python -m align.cli, as python -m sonicpi_gen.cli
+    main()
