@@ -491,8 +491,8 @@ def train_aligner(
             "test_aligned_chance": _aligned_chance(zc, za),
             "warnings": _run_warnings(result, data, cfg, zc, za),
         }
-        for warning in summary["warnings"]:
-            logger.warning("%s", warning)
+        for warning in summary["warnings"]:  # info: the command prints them once
+            logger.info("warning: %s", warning)
         _write_json(tmp / CONFIG_FILE, config_doc)
         _write_json(tmp / SUMMARY_FILE, summary)
         if out.exists():
