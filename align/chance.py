@@ -72,7 +72,7 @@ class PairScorer:
         self.Kc, self.Lc = Xc @ Xc.T, Yc @ Yc.T
         self.cka_norm = np.linalg.norm(self.Kc) * np.linalg.norm(self.Lc)
         # unbiased HSIC (metrics._hsic_unbiased) with the pairing-invariant parts kept
-        K, L = X @ X.T, Y @ Y.T
+        K, L = Xc @ Xc.T, Yc @ Yc.T  # centred, as metrics.linear_cka_debiased
         np.fill_diagonal(K, 0.0)
         np.fill_diagonal(L, 0.0)
         self.K0, self.L0 = K, L

@@ -96,6 +96,12 @@ def linear_cka_debiased(
     X, Y = _as_pair(X, Y)
     if X.shape[0] < 4:
         raise ValueError(f"debiased CKA needs at least 4 rows, got {X.shape[0]}")
+    # Centred first: the estimator does not change (it is invariant to a shift of the
+    # rows), but the Gram entries of copies, zeroed below, then sit at the centre of the
+    # others instead of far from them: with uncentred rows of a nearly collapsed space
+    # (every entry ~1) the zeroed pattern itself matched in both spaces and every
+    # resample scored 1.0.
+    X, Y = _center(X), _center(Y)
     K = X @ X.T
     L = Y @ Y.T
     mask = _same_sample_mask(sample_ids)

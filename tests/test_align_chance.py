@@ -166,3 +166,16 @@ def test_indistinct_candidates_warning():
     z = np.tile(np.array([[0.6, 0.8]]), (4, 1)) + 1e-9
     assert "cannot be told apart" in checks.check_distinct(z)
     assert checks.check_distinct(np.eye(3)) is None
+
+
+def test_debiased_cka_bootstrap_of_a_collapsed_space_is_not_one():
+    # rows near one direction, independent between the spaces: the resamples' copies
+    # once made every bootstrap value 1.0
+    rng = np.random.default_rng(12)
+    X = 1.0 + 1e-3 * rng.normal(size=(40, 16))
+    Y = 1.0 + 1e-3 * rng.normal(size=(40, 16))
+    draws = []
+    for _ in range(30):
+        idx = rng.integers(0, 40, size=40)
+        draws.append(metrics.linear_cka_debiased(X[idx], Y[idx], sample_ids=idx))
+    assert abs(np.mean(draws)) < 0.1
