@@ -131,6 +131,20 @@ def report(embeddings, out, checkpoint, sweep_dir, data_config, n_boot, projecti
 
 
 @main.command()
+@click.argument("emb_a", type=IN_PATH)
+@click.argument("run_a", type=IN_PATH)
+@click.argument("emb_b", type=IN_PATH)
+@click.argument("run_b", type=IN_PATH)
+@click.option("--n-boot", type=click.IntRange(1), default=200, show_default=True, help="Template resamples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def compare(emb_a, run_a, emb_b, run_b, n_boot, seed) -> None:
+    """Compare two code encoders on the same audio embeddings, paired over test templates."""
+    from align.compare import compare_encoders, comparison_markdown
+
+    click.echo(comparison_markdown(_run(compare_encoders, emb_a, run_a, emb_b, run_b, n_boot=n_boot, seed=seed)), nl=False)
+
+
+@main.command()
 @click.option("--checkpoint", type=IN_PATH, required=True, help="Run folder or checkpoint.pt.")
 @click.argument("programs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--query", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

@@ -359,3 +359,39 @@ def test_rank_warns_when_candidates_cannot_be_told_apart(run_dir, programs, monk
     _encoder_module(monkeypatch, lambda model_id, device="cpu": Constant(DIM))
     res = invoke("rank", "--checkpoint", run_dir, *programs)
     assert "candidates cannot be told apart" in res.output
+
+
+def test_compare_two_code_encoders_paired(emb, run_dir, tmp_path):
+    # A: code embeddings equal to the audio ones (raw within-template CKA 1); B: noise
+    # (CKA ~0): A - B is about 1 with an interval above 0. A against itself differs
+    # by exactly 0 in every resample. The aligner (run_dir, 16 -> 8 on both sides)
+    # only maps; the raw metric does not use it.
+    table = pq.read_table(emb / "embeddings.parquet")
+    audio = table["audio_emb"].to_pylist()
+    copy = _rewrite(emb, tmp_path / "copy", code_emb=audio)
+    noise = _rewrite(emb, tmp_path / "noise", code_emb=list(np.random.default_rng(1).normal(size=(len(audio), DIM))))
+    res = invoke("compare", copy, run_dir, noise, run_dir, "--n-boot", "50")
+    rows = {line.split(" | ")[0].strip("| "): line for line in res.output.splitlines()[2:]}
+    assert set(rows) == {"within aligned c2a_mrr", "within aligned a2c_mrr", "within aligned cka_debiased",
+                         "within raw cka_debiased", "aligned cka"}
+    from align.compare import compare_encoders
+
+    same = compare_encoders(noise, run_dir, noise, run_dir, n_boot=20)
+    assert all(r["diff"] == 0 and r["low"] == 0 and r["high"] == 0 and r["p"] == 1.0 for r in same)
+    raw = next(r for r in compare_encoders(copy, run_dir, noise, run_dir, n_boot=100) if r["metric"] == "within raw cka_debiased")
+    assert raw["a"] == pytest.approx(1.0) and raw["diff"] > 0.7 and raw["low"] > 0.3 and raw["p"] == 0.0
+
+
+def test_compare_refuses_other_test_rows(emb, run_dir, tmp_path):
+    table = pq.read_table(emb / "embeddings.parquet")
+    other = tmp_path / "other"
+    other.mkdir()
+    pq.write_table(table.set_column(0, "id", pa_array([f"x{i}" for i in range(table.num_rows)])), other / "embeddings.parquet")
+    res = CliRunner().invoke(main, ["compare", str(emb), str(run_dir), str(other), str(run_dir)])
+    assert res.exit_code == 1 and "different test rows" in res.output
+
+
+def pa_array(values):
+    import pyarrow as pa
+
+    return pa.array(values, type=pa.string())

@@ -1,20 +1,18 @@
-"""Paired comparison of two code encoders scored against the same audio embeddings.
+"""`align compare`: two code encoders scored against the same audio embeddings, paired.
 
-    python scripts/compare_encoders.py EMB_A RUN_A EMB_B RUN_B [--n-boot 200] [--seed 0]
+    align compare EMB_A RUN_A EMB_B RUN_B [--n-boot 200] [--seed 0]
 
 EMB_A / EMB_B: two embeddings folders made from one dataset with the same audio
 encoder (e.g. wordllama and wordllama-random, both with crepe-tiny); RUN_A / RUN_B:
 the aligner trained on each. For a few metrics (within-template ones, where template
-identity is removed, and aligned CKA) it prints A, B, the difference A - B with a 95%
+identity is removed, and aligned CKA) it gives A, B, the difference A - B with a 95%
 interval from resampling test *templates* (the same draw for both encoders, so the
 comparison is paired) and the share of resamples in which A - B <= 0 (a one-sided
 bootstrap p-value). Each report (`align report`) scores one folder against chance;
-this asks whether A beats B. A stopgap for docs/results.md, not yet an `align` command.
+this asks whether A beats B on the same test rows.
 """
 
 from __future__ import annotations
-
-import argparse
 
 import numpy as np
 
@@ -43,11 +41,27 @@ def _scores(side, groups: np.ndarray, idx: np.ndarray) -> dict[str, float]:
             "aligned cka": evaluate.all_metrics(zc[idx], za[idx], 10, idx)["cka"]}
 
 
-def compare(emb_a: str, run_a: str, emb_b: str, run_b: str, n_boot: int = 200, seed: int = 0) -> list[dict]:
-    """Rows {"metric", "a", "b", "diff", "low", "high", "p"} (see the module docstring)."""
+def compare_encoders(emb_a, run_a, emb_b, run_b, n_boot: int = 200, seed: int = 0) -> list[dict]:
+    """Paired template-bootstrap comparison of two embeddings folders and their aligners.
+
+    Args:
+        emb_a, run_a: embeddings folder A and the run folder (or checkpoint) trained on it.
+        emb_b, run_b: the same for B; its test rows must be A's (one dataset).
+        n_boot: template resamples (default 200).
+        seed: seed of the resampling.
+    Returns:
+        One dict per metric of METRICS: "metric", "a", "b", "diff" (a - b), "low",
+        "high" (95% interval of the difference), "p" (share of resamples with a - b <= 0),
+        "rows" (test rows in templates with two or more).
+    Raises:
+        ValueError when the folders' test rows differ.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
     a, b = _side(emb_a, run_a), _side(emb_b, run_b)
     if list(a[4]["id"]) != list(b[4]["id"]):
-        raise ValueError("the two embeddings folders have different test rows; embed one dataset with both encoders")
+        raise ValueError(f"{emb_a} and {emb_b} have different test rows; embed one dataset with both code encoders "
+                         "and the same audio encoder")
     groups = a[4]["template"].to_numpy()
     rows = np.flatnonzero(chance.within_group_rows(groups))
     full_a, full_b = _scores(a, groups, rows), _scores(b, groups, rows)
@@ -69,19 +83,10 @@ def compare(emb_a: str, run_a: str, emb_b: str, run_b: str, n_boot: int = 200, s
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for name in ("emb_a", "run_a", "emb_b", "run_b"):
-        parser.add_argument(name)
-    parser.add_argument("--n-boot", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    rows = compare(args.emb_a, args.run_a, args.emb_b, args.run_b, args.n_boot, args.seed)
-    print(f"| metric ({rows[0]['rows']} test rows) | A | B | A - B [95% CI, templates] | share of resamples A - B <= 0 |")
-    print("|---|---|---|---|---|")
+def comparison_markdown(rows: list[dict]) -> str:
+    """The comparison as a Markdown table."""
+    out = [f"| metric ({rows[0]['rows']} test rows) | A | B | A - B [95% CI, templates] | share of resamples A - B <= 0 |",
+           "|---|---|---|---|---|"]
     for r in rows:
-        print(f"| {r['metric']} | {r['a']:.3f} | {r['b']:.3f} | {r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | {r['p']:.3f} |")
-
-
-if __name__ == "__main__":
-    main()
+        out.append(f"| {r['metric']} | {r['a']:.3f} | {r['b']:.3f} | {r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | {r['p']:.3f} |")
+    return "\n".join(out) + "\n"
