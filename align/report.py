@@ -448,7 +448,13 @@ def build_report(
     numbers["warnings"] = warnings
     for w in warnings:
         logger.warning("%s", w)
-    summary = ["## What chance gives, in words\n"]
+    summary = ["## What chance gives, in words\n",
+               "A number is indistinguishable from chance when 5% or more of the shuffled pairings score at "
+               "least as high (p >= 0.05). Why it can be: the metric's own bias at this size (biased CKA and "
+               "CCA are high for unrelated rows when rows are few next to the dimensions; see their null "
+               "means), template identity (programs of one template share code and sound, so an encoder that "
+               "only tells templates apart scores the 'template identity' level), or an aligner that learned "
+               "nothing (warnings below).\n"]
     summary += numbers.get("verdict") or ["- no test metrics."]
     if raw_corr.get("mantel_p"):
         mp = raw_corr["mantel_p"]
