@@ -70,9 +70,16 @@ def train(embeddings, out, out_dim, data_config, device, threads, overwrite, **s
 
     cfg = _run(TrainConfig(out=out_dim, config=data_config, **settings).validate)
     summary = _run(train_aligner, embeddings, out, cfg, device=device, threads=threads, overwrite=overwrite)
-    raw, ali = summary["test_raw"], summary["test_aligned"]
-    click.echo(f"{out}: best epoch {summary['best_epoch']}, test CKA {raw['cka']:.3f} -> {ali['cka']:.3f}, "
-               f"CCA {raw['cca']:.3f} -> {ali['cca']:.3f}")
+    raw, ali, null = summary["test_raw"], summary["test_aligned"], summary.get("test_aligned_chance", {})
+
+    def beside(key):  # a number beside what shuffled pairs give
+        d = null.get(key)
+        return f" (shuffled pairs {d['null_mean']:.3f}, p {d['p_value']:.3f})" if d else ""
+
+    click.echo(f"{out}: best epoch {summary['best_epoch']}, test CKA {raw['cka']:.3f} -> {ali['cka']:.3f}{beside('cka')}, "
+               f"CCA {raw['cca']:.3f} -> {ali['cca']:.3f}{beside('cca')}")
+    for warning in summary.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()
@@ -97,8 +104,10 @@ def sweep(embeddings, out, grid, seeds, overrides, workers, threads, device) -> 
         raise click.ClickException(f"--grid must be a JSON object and --set KEY=VALUE ({err})") from err
     results = _run(run_sweep, embeddings, out, grid_obj, seeds, base, device=device, workers=workers, threads=threads)
     best = next(r for r in results if r["val_cka"]["mean"] == max(x["val_cka"]["mean"] for x in results))
+    chosen = json.loads((out / "best" / "config.json").read_text())
     click.echo(f"{len(results)} configurations -> {out / 'results.md'}; best (val CKA): {best['key']}, "
-               f"test CKA {best['test_cka']['mean']:.3f} ± {best['test_cka']['std']:.3f}")
+               f"test CKA {best['test_cka']['mean']:.3f} ± {best['test_cka']['std']:.3f}; "
+               f"checkpoint {out / 'best' / 'checkpoint.pt'} (its seed {chosen['seed']})")
 
 
 @main.command()
@@ -110,13 +119,29 @@ def sweep(embeddings, out, grid, seeds, overrides, workers, threads, device) -> 
 @click.option("--n-boot", type=click.IntRange(0), default=100, show_default=True, help="Bootstrap resamples.")
 @click.option("--projection", type=click.Choice(["pca", "umap"]), default="pca", show_default=True)
 @click.option("--max-points", type=click.IntRange(10), default=2000, show_default=True, help="Test rows scored at most.")
-def report(embeddings, out, checkpoint, sweep_dir, data_config, n_boot, projection, max_points) -> None:
-    """Write the study's analyses as report.md with figures."""
+@click.option("--n-perm", type=click.IntRange(1), default=200, show_default=True, help="Shuffles per chance level.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of bootstrap, shuffles and subsample.")
+def report(embeddings, out, checkpoint, sweep_dir, data_config, n_boot, projection, max_points, n_perm, seed) -> None:
+    """Write the study's analyses as report.md with figures, every number beside chance."""
     from align.report import build_report
 
     path = _run(build_report, embeddings, out, checkpoint=checkpoint, sweep=sweep_dir, config=data_config,
-                n_boot=n_boot, projection=projection, max_points=max_points)
+                n_boot=n_boot, projection=projection, max_points=max_points, n_perm=n_perm, seed=seed)
     click.echo(str(path))
+
+
+@main.command()
+@click.argument("emb_a", type=IN_PATH)
+@click.argument("run_a", type=IN_PATH)
+@click.argument("emb_b", type=IN_PATH)
+@click.argument("run_b", type=IN_PATH)
+@click.option("--n-boot", type=click.IntRange(1), default=200, show_default=True, help="Template resamples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def compare(emb_a, run_a, emb_b, run_b, n_boot, seed) -> None:
+    """Compare two code encoders on the same audio embeddings, paired over test templates."""
+    from align.compare import compare_encoders, comparison_markdown
+
+    click.echo(comparison_markdown(_run(compare_encoders, emb_a, run_a, emb_b, run_b, n_boot=n_boot, seed=seed)), nl=False)
 
 
 @main.command()
@@ -127,11 +152,20 @@ def report(embeddings, out, checkpoint, sweep_dir, data_config, n_boot, projecti
 @click.option("--encoder", "encoder_id", default=None, help="Code encoder id/path (default: the checkpoint's).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
-def rank(checkpoint, programs, query, encoder_id, device, as_json) -> None:
+@click.option("--any-revision", is_flag=True, help="Rank even if the encoder's revision differs from the recorded one.")
+def rank(checkpoint, programs, query, encoder_id, device, as_json, any_revision) -> None:
     """Order programs by predicted audio distinctness (or similarity to --query)."""
     from align.rank import rank_programs
 
-    ranked = _run(rank_programs, checkpoint, list(programs), query=query, encoder_id=encoder_id, device=device)
+    ranked = _run(rank_programs, checkpoint, list(programs), query=query, encoder_id=encoder_id, device=device,
+                  check_revision=not any_revision)
     for r in ranked:
+        if "warning" in r:
+            click.echo(f"warning: {r['warning']}", err=True)
+            continue
         score = "-" if r["score"] is None else f"{r['score']:.4f}"
         click.echo(json.dumps(r) if as_json else f"{r['rank']:3d}  {score:>8}  {r['path']}")
+
+
+if __name__ == "__main__":  # python -m align.cli, as python -m sonicpi_gen.cli
+    main()

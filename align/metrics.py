@@ -12,7 +12,8 @@ Metrics:
   side to its top principal components first (SVCCA, Raghu et al. 2017).
 - k-nearest-neighbour agreement between the two spaces (Jaccard, overlap@k).
 - Pearson and Spearman between the pairwise-distance vectors of the two spaces (RSA).
-- a percentile bootstrap over rows for any of them.
+- cross-modal retrieval (recall@k, mean reciprocal rank) when both sides share a space.
+- a bootstrap over rows, or over groups of rows (templates), for any of them.
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ def linear_cka_debiased(
     X, Y = _as_pair(X, Y)
     if X.shape[0] < 4:
         raise ValueError(f"debiased CKA needs at least 4 rows, got {X.shape[0]}")
+    # Centred first: the estimator does not change (it is invariant to a shift of the
+    # rows), but the Gram entries of copies, zeroed below, then sit at the centre of the
+    # others instead of far from them: with uncentred rows of a nearly collapsed space
+    # (every entry ~1) the zeroed pattern itself matched in both spaces and every
+    # resample scored 1.0.
+    X, Y = _center(X), _center(Y)
     K = X @ X.T
     L = Y @ Y.T
     mask = _same_sample_mask(sample_ids)
@@ -340,6 +347,88 @@ def distance_spearman(X: np.ndarray, Y: np.ndarray, sample_ids: np.ndarray | Non
     return distance_correlations(X, Y, sample_ids)["spearman"]
 
 
+# --------------------------------------------------------------------------- retrieval
+
+RETRIEVAL_KS = (1, 5, 10)
+
+
+def average_ranks_desc(S: np.ndarray, axis: int = 1) -> np.ndarray:
+    """1-based rank of every entry within its row (axis=1) or column (axis=0), largest
+    first, ties given their average rank: a pool of equal scores ranks each entry in the
+    middle, so a collapsed space retrieves at chance, not perfectly."""
+    S = np.asarray(S, dtype=np.float64)
+    if axis == 0:
+        return average_ranks_desc(S.T, axis=1).T
+    n = S.shape[1]
+    order = np.argsort(-S, axis=1, kind="stable")
+    sorted_s = np.take_along_axis(-S, order, axis=1)
+    new_value = np.ones_like(sorted_s, dtype=bool)
+    new_value[:, 1:] = sorted_s[:, 1:] != sorted_s[:, :-1]
+    # per row: the first and last sorted position of each entry's tie block
+    first = np.maximum.accumulate(np.where(new_value, np.arange(n)[None, :], 0), axis=1)
+    last_flags = np.ones_like(new_value)
+    last_flags[:, :-1] = new_value[:, 1:]
+    pos_last = np.where(last_flags, np.arange(n)[None, :], n)
+    last = np.minimum.accumulate(pos_last[:, ::-1], axis=1)[:, ::-1]
+    ranks_sorted = 0.5 * (first + last) + 1.0
+    out = np.empty_like(ranks_sorted)
+    np.put_along_axis(out, order, ranks_sorted, axis=1)
+    return out
+
+
+def cross_similarity(code: np.ndarray, audio: np.ndarray, sample_ids: np.ndarray | None = None) -> np.ndarray:
+    """Cosine similarity of every code row to every audio row, (n, n). Copies of another
+    row's sample (``sample_ids``, set by the bootstrap) leave the pool (-inf)."""
+    C, A = _as_pair(code, audio)
+    if C.shape[1] != A.shape[1]:
+        raise ValueError(f"retrieval needs one shared space; code is {C.shape[1]}-d, audio {A.shape[1]}-d")
+    Cn = C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
+    An = A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-12)
+    S = Cn @ An.T
+    mask = _same_sample_mask(sample_ids)
+    if mask is not None:
+        S[mask] = -np.inf
+    return S
+
+
+def retrieval_from_ranks(r_c2a: np.ndarray, r_a2c: np.ndarray, ks=RETRIEVAL_KS) -> dict[str, float]:
+    """recall@k and MRR from the ranks of the true partners (code->audio, audio->code)."""
+    out = {}
+    for name, r in (("c2a", r_c2a), ("a2c", r_a2c)):
+        for k in ks:
+            out[f"{name}_r{k}"] = float(np.mean(r <= k))
+        out[f"{name}_mrr"] = float(np.mean(1.0 / r))
+    return out
+
+
+def retrieval_metrics(
+    code: np.ndarray, audio: np.ndarray, sample_ids: np.ndarray | None = None, ks=RETRIEVAL_KS
+) -> dict[str, float]:
+    """Cross-modal retrieval in a shared space, the pool being all n rows.
+
+    code->audio: for each code row, the rank of its own audio among all audio rows by
+    cosine similarity; audio->code the other way. Returns ``c2a_r1``, ``c2a_r5``,
+    ``c2a_r10``, ``c2a_mrr`` and the same for ``a2c``. Chance: recall@k = k/n and
+    MRR = H_n / n (ties are averaged, see average_ranks_desc).
+    """
+    S = cross_similarity(code, audio, sample_ids)
+    diag = np.arange(S.shape[0])
+    r_c2a = average_ranks_desc(S, axis=1)[diag, diag]
+    r_a2c = average_ranks_desc(S, axis=0)[diag, diag]
+    return retrieval_from_ranks(r_c2a, r_a2c, ks)
+
+
+def retrieval_chance(n: int, ks=RETRIEVAL_KS) -> dict[str, float]:
+    """What random pairing gives on average with a pool of n: recall@k = k/n, MRR = H_n/n."""
+    mrr = float(np.sum(1.0 / np.arange(1, n + 1)) / n)
+    out = {}
+    for name in ("c2a", "a2c"):
+        for k in ks:
+            out[f"{name}_r{k}"] = min(1.0, k / n)
+        out[f"{name}_mrr"] = mrr
+    return out
+
+
 # --------------------------------------------------------------------------- selection
 
 
@@ -400,8 +489,9 @@ def bootstrap_ci(
     ci: float = 0.95,
     seed: int = 0,
     method: str = "centered",
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Bootstrap interval over rows (the same rows drawn from every array).
+    """Bootstrap interval over rows, or over groups of rows (the same draw for every array).
 
     Args:
         metric: function of the arrays returning a float (e.g. ``linear_cka``).
@@ -411,6 +501,8 @@ def bootstrap_ci(
         seed: seed of the resampling.
         method: "centered" (default): the percentile interval of the resampled values
             shifted so its median sits on the full-data value; "percentile": as drawn.
+        groups: a label per row (the template): whole groups are drawn with replacement
+            instead of rows, because rows of one template are not independent draws.
     Returns:
         {"value": metric on the full data, "low", "high", "std" (of the resampled values)}.
 
@@ -430,7 +522,7 @@ def bootstrap_ci(
         extra = {"sample_ids": sample_ids} if takes_ids and sample_ids is not None else {}
         return {"value": metric(*arrs, **extra)}
 
-    return bootstrap_cis(as_dict, *arrays, n_boot=n_boot, ci=ci, seed=seed, method=method)["value"]
+    return bootstrap_cis(as_dict, *arrays, n_boot=n_boot, ci=ci, seed=seed, method=method, groups=groups)["value"]
 
 
 def bootstrap_cis(
@@ -440,12 +532,15 @@ def bootstrap_cis(
     ci: float = 0.95,
     seed: int = 0,
     method: str = "centered",
+    groups: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """``bootstrap_ci`` for a function returning several metrics, on shared resamples.
 
     ``metrics_fn(*arrays, sample_ids=None) -> {name: float}`` is called once on the
     full data and once per resample (with ``sample_ids`` = the drawn row indices), so
-    metrics that share work (distances, neighbours) compute it once. Returns
+    metrics that share work (distances, neighbours) compute it once. With ``groups``
+    (one label per row) each resample draws as many groups as there are, with
+    replacement, and takes all rows of each (a cluster bootstrap). Returns
     {name: {"value", "low", "high", "std"}}.
     """
     if not arrays:
@@ -457,11 +552,20 @@ def bootstrap_cis(
         raise ValueError("all arrays must have the same number of rows")
     if not 0 < ci < 1:
         raise ValueError(f"ci must be between 0 and 1, got {ci}")
+    members = None
+    if groups is not None:
+        labels = np.asarray(groups)
+        if labels.shape[0] != n:
+            raise ValueError(f"groups has {labels.shape[0]} labels for {n} rows; give one label per row")
+        members = [np.flatnonzero(labels == g) for g in dict.fromkeys(labels.tolist())]
     values = {k: float(v) for k, v in metrics_fn(*arrays).items()}
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in values}
     for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
+        if members is None:
+            idx = rng.integers(0, n, size=n)
+        else:
+            idx = np.concatenate([members[g] for g in rng.integers(0, len(members), size=len(members))])
         res = metrics_fn(*(np.asarray(a)[idx] for a in arrays), sample_ids=idx)
         for k in values:
             draws[k].append(float(res[k]))

@@ -29,6 +29,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -58,6 +59,7 @@ RESULTS_MD = "results.md"
 RUNS_JSONL = "runs.jsonl"
 SWEEP_CONFIG = "sweep.json"
 BEST_DIR = "best"
+CONFIGS_DIR = "configs"  # configs/<key>/: each configuration's best seed, kept for best/
 TABLE_METRICS = ("cka", "cka_debiased", "cca", "knn10_jaccard", "knn10_overlap", "dist_spearman")
 
 
@@ -179,6 +181,28 @@ def results_markdown(results: list[dict], raw: dict | None = None, best_key: str
     return "\n".join(lines) + "\n"
 
 
+def _save_config_best(out: Path, base: dict, rows: list[dict], data: PairedSplits, source: dict) -> Path:
+    """Write configs/<key>/checkpoint.pt + config.json: the seed with the best validation
+    CKA of one configuration's rows (each still holding its state_dict)."""
+    from align.train import SeedResult, TrainConfig, save_checkpoint
+
+    top = max(rows, key=lambda r: r[SELECT_BY])
+    cfg = TrainConfig().replace(**{**base, **top["settings"], "seed": top["seed"]})
+    res = SeedResult(top["seed"], top["state_dict"], top["best_epoch"], top["best_val_loss"], top["epochs_run"])
+    folder = out / CONFIGS_DIR / top["key"]
+    tmp = out / CONFIGS_DIR / f".{top['key']}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_checkpoint(tmp / "checkpoint.pt", cfg, res, data.code_dim, data.audio_dim, source)
+    meta = {"settings": cfg.to_dict(), "key": top["key"], "seed": top["seed"], "selected_by": SELECT_BY,
+            SELECT_BY: top[SELECT_BY], "best_epoch": top["best_epoch"], "best_val_loss": top["best_val_loss"],
+            "seeds": [r["seed"] for r in rows], "embeddings": source.get("path"), "version": __version__}
+    (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -203,8 +227,9 @@ def run_sweep(
         out: sweep folder: runs.jsonl (one line per configuration x seed, appended as
             they finish, so a rerun skips finished configurations), results.jsonl and
             results.md (mean and spread per configuration), sweep.json (grid, settings,
-            timing), best/ (checkpoint of the best configuration's best seed, chosen by
-            validation CKA).
+            timing), best/ (checkpoint of the best configuration's best seed, both
+            chosen by validation CKA; always written), configs/<key>/ (each
+            configuration's best seed, so a resumed sweep can still write best/).
         grid: axis -> values (GRID when None).
         seeds: number of seeds (0..n-1) or an explicit list (default 5).
         base: TrainConfig settings shared by every configuration (after SWEEP_DEFAULTS).
@@ -216,7 +241,7 @@ def run_sweep(
         The per-configuration summaries (also in results.jsonl).
     """
     from align.evaluate import evaluate_pairs
-    from align.train import TrainConfig, build_aligner, save_checkpoint, SeedResult
+    from align.train import TrainConfig
 
     grid = GRID if grid is None else grid
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -250,7 +275,6 @@ def run_sweep(
     # costliest first, so two workers do not end with one idle beside a long job
     jobs = sorted(todo, key=lambda st: -estimated_cost(st, base, data.code_dim))
     started = time.perf_counter()
-    best_state = None  # (val_cka, key, row, state) of the best seed seen so far
     init_args = (data, base, seed_list, device, threads)
     executor = None
     if workers > 1 and jobs:
@@ -268,10 +292,11 @@ def run_sweep(
         with open(runs_file, "a") as log:
             for i, rows in enumerate(results_iter, 1):
                 key = rows[0]["key"]
+                # every configuration keeps its own best seed: which configuration wins
+                # is known only at the end, and its best seed need not be the sweep's
+                _save_config_best(out, base, rows, data, source)
                 for row in rows:
-                    state = row.pop("state_dict")
-                    if best_state is None or row["val_cka"] > best_state[0]:
-                        best_state = (row["val_cka"], key, row, state)
+                    row.pop("state_dict")
                     log.write(json.dumps(row) + "\n")
                 log.flush()
                 done[key] = rows
@@ -292,14 +317,21 @@ def run_sweep(
     results = [_summarise(config_key(s), s, done[config_key(s)]) for s in configs]
     best = max(results, key=lambda r: r[SELECT_BY]["mean"])
     raw = evaluate_pairs(*data.test)
-    if best_state is not None and best_state[1] == best["key"]:
-        # the best seed of the best configuration (only when trained in this call)
-        cfg = TrainConfig().replace(**{**base, **best["settings"], "seed": best_state[2]["seed"]})
-        res = SeedResult(best_state[2]["seed"], best_state[3], best_state[2]["best_epoch"], best_state[2]["best_val_loss"], best_state[2]["epochs_run"])
-        best_dir = out / BEST_DIR
-        best_dir.mkdir(exist_ok=True)
-        save_checkpoint(best_dir / "checkpoint.pt", cfg, res, data.code_dim, data.audio_dim, source)
-        (best_dir / "config.json").write_text(json.dumps({"settings": cfg.to_dict(), "key": best["key"], "embeddings": source.get("path"), "version": __version__}, indent=2) + "\n")
+    best_src = out / CONFIGS_DIR / best["key"]
+    if not (best_src / "checkpoint.pt").exists():
+        # finished in an earlier call that kept no weights: train it again (same seeds)
+        logger.info("no saved checkpoint for %s; retraining it to write %s/", best["key"], BEST_DIR)
+        _init_worker(*init_args)
+        try:
+            _save_config_best(out, base, _run_config(best["settings"]), data, source)
+        finally:
+            _WORKER.clear()
+    best_dir = out / BEST_DIR
+    tmp_best = out / f".{BEST_DIR}.tmp"
+    shutil.rmtree(tmp_best, ignore_errors=True)
+    shutil.copytree(best_src, tmp_best)
+    shutil.rmtree(best_dir, ignore_errors=True)
+    os.replace(tmp_best, best_dir)
     _write_atomic(out / RESULTS_JSONL, "".join(json.dumps({**r, "best": r["key"] == best["key"]}) + "\n" for r in results))
     md = (
         f"# Aligner sweep\n\n{len(configs)} configurations x {len(seed_list)} seeds, "
@@ -324,6 +356,7 @@ def run_sweep(
                 "threads": threads,
                 "device": device,
                 "best": best["key"],
+                "best_checkpoint": json.loads((best_dir / "config.json").read_text()),
                 "raw_test": raw,
                 "version": __version__,
             },
@@ -331,5 +364,5 @@ def run_sweep(
         )
         + "\n",
     )
-    logger.info("sweep done in %.1f s; best %s", wall, best["key"])
+    logger.info("sweep done in %.1f s; best %s -> %s", wall, best["key"], best_dir / "checkpoint.pt")
     return results

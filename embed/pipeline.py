@@ -508,6 +508,7 @@ def embed_dataset(dataset: str | Path, out_dir: str | Path,
         "stage": "embed", "tool_version": _tool_version(), "sonic_pi_version": sonic_pi,
         "seed": None, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command or " ".join(sys.argv),
+        "cwd": os.getcwd(),  # relative model folders in the record are relative to this
         "dataset": {"source": str(dataset), "reader": index.reader, "shards": index.shards},
         "settings": settings, "code_encoder": code_desc, "audio_encoder": audio_desc,
         "fingerprint": fingerprint,

