@@ -2,7 +2,8 @@
 # Installs everything sonicpi-gen needs on Debian 12: Sonic Pi's server stack (apt) and a
 # Python virtual environment in .venv with the toolkit. Safe to run again.
 #   scripts/setup.sh            expand/render/dataset only
-#   scripts/setup.sh --ml       also torch (CPU wheel) + transformers for embed/align and tests
+#   scripts/setup.sh --ml       also torch (CPU wheel) + transformers for embed/align, Ray for
+#                               --engine ray, and the tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +30,7 @@ echo "==> pip install -e ."
 if [ "${1:-}" = "--ml" ]; then
   # Pinned: this version is the local CPU wheel; an unpinned torch pulls GBs of CUDA.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test,embed,align]"
+  .venv/bin/python -m pip install -q -e ".[test,embed,align,ray]"
 else
   .venv/bin/python -m pip install -q -e ".[test]"
 fi
