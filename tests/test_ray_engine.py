@@ -287,3 +287,67 @@ def test_resume_after_the_driver_is_killed_renders_only_what_was_missing(cluster
         [(r["status"], r["message"]) for r in rows]
     assert not stack_processes() and not cluster_actor_processes(cluster)
 
+
+
+# -- embed on the local Ray cluster ---------------------------------------------------
+
+try:  # the embed tests' tiny models and dataset (fixtures), when torch is installed
+    from tests.test_embed import audio_model, code_model, dataset  # noqa: F401
+    HAVE_TORCH = True
+except pytest.skip.Exception:
+    HAVE_TORCH = False
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed (the embed extra)")
+
+
+def _table(path):
+    table = pq.read_table(path)
+    return table, dict(zip(zip(table.column("config").to_pylist(), table.column("id").to_pylist()),
+                           zip(table.column("code_emb").to_pylist(), table.column("audio_emb").to_pylist())))
+
+
+@pytest.mark.ray
+@pytest.mark.torch
+@needs_torch
+def test_embed_on_ray_writes_the_local_embeddings_and_resumes(cluster, dataset, tmp_path,
+                                                              code_model, audio_model):
+    import numpy as np
+
+    from embed import embed_dataset
+    local = embed_dataset(dataset, tmp_path / "local", str(code_model), str(audio_model),
+                          num_workers=0, progress=False)
+    first = embed_dataset(dataset, tmp_path / "ray", str(code_model), str(audio_model), limit=2,
+                          progress=False, engine="ray", address=cluster.address, actors=2)
+    assert first.rows == 2 and first.audio_computed == 2
+    second = embed_dataset(dataset, tmp_path / "ray", str(code_model), str(audio_model),
+                           progress=False, engine="ray", address=cluster.address, actors=2,
+                           checkpoint_every=2)
+    # resumed: d4 and a1 were done; b2, c3, e5 new; scenarios/a1 reuses a1's vectors
+    assert second.rows == 6 and second.new_rows == 4 and not second.failed
+    assert second.code_computed == 3 and second.audio_computed == 3
+    local_table, local_vectors = _table(local.path)
+    ray_table, ray_vectors = _table(second.path)
+    assert ray_table.column_names == local_table.column_names
+    assert ray_table.drop_columns(["code_emb", "audio_emb"]).equals(
+        local_table.drop_columns(["code_emb", "audio_emb"]))
+    for key, (code, audio) in local_vectors.items():
+        np.testing.assert_allclose(ray_vectors[key][0], code, atol=1e-5)
+        np.testing.assert_allclose(ray_vectors[key][1], audio, atol=1e-5)
+    meta = {k: v for k, v in (ray_table.schema.metadata or {}).items()}
+    assert meta[b"fingerprint"] == local_table.schema.metadata[b"fingerprint"]
+    import json
+    provenance = json.loads((second.path.parent / "provenance.json").read_text())
+    assert provenance["settings"]["engine"] == "ray" and provenance["settings"]["actors"] == 2
+    assert not (second.path.parent / ".parts").exists()
+
+
+@pytest.mark.torch
+@needs_torch
+def test_embed_engine_ray_without_ray_says_how_to_get_it(monkeypatch, dataset, tmp_path,
+                                                        code_model, audio_model):
+    from embed.cli import embed_command
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = CliRunner().invoke(embed_command, [
+        "--dataset", str(dataset), "--out", str(tmp_path / "emb"), "--code-model", str(code_model),
+        "--audio-model", str(audio_model), "--engine", "ray", "--no-progress"])
+    assert result.exit_code == 1
+    assert "embed --engine ray needs Ray: pip install 'sonicpi-gen[ray]'" in result.output
