@@ -69,7 +69,7 @@ def main() -> None:
     address = args.address
     if address is None:
         from renderer.ray_cluster import LocalRayCluster
-        cluster = LocalRayCluster(nodes=args.nodes, cpus_per_node=(os.cpu_count() or 1) / args.nodes)
+        cluster = LocalRayCluster(nodes=args.nodes, cpus_per_node=max(1, (os.cpu_count() or 1) // args.nodes))
         cluster.start()
         address = cluster.address
     runs = []

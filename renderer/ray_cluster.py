@@ -51,7 +51,7 @@ class LocalRayCluster:
 
     `env` adds variables to the nodes' environment (their workers inherit it)."""
 
-    def __init__(self, nodes: int = 2, cpus_per_node: float = 1, env: dict | None = None):
+    def __init__(self, nodes: int = 2, cpus_per_node: int = 1, env: dict | None = None):
         self.nodes, self.cpus_per_node = nodes, cpus_per_node
         # short: Ray puts Unix sockets under it (108 bytes at most for a socket's path)
         self.temp_dir = Path(tempfile.mkdtemp(prefix="spgray-", dir="/tmp"))
@@ -73,7 +73,7 @@ class LocalRayCluster:
         self.stop()
 
     def _node_args(self) -> list[str]:
-        return ["--block", "--node-ip-address", "127.0.0.1", f"--num-cpus={self.cpus_per_node:g}",
+        return ["--block", "--node-ip-address", "127.0.0.1", f"--num-cpus={self.cpus_per_node:d}",
                 "--num-gpus=0", f"--object-store-memory={OBJECT_STORE_BYTES}",
                 "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
                 # two nodes on one host: every port a node listens on is its own

@@ -351,3 +351,60 @@ def test_embed_engine_ray_without_ray_says_how_to_get_it(monkeypatch, dataset, t
         "--audio-model", str(audio_model), "--engine", "ray", "--no-progress"])
     assert result.exit_code == 1
     assert "embed --engine ray needs Ray: pip install 'sonicpi-gen[ray]'" in result.output
+
+
+class _FakeRay:
+    """What EmbedPool.run uses of ray: wait, get, kill and RayError, run in order."""
+
+    class exceptions:
+        RayError = type("RayError", (Exception,), {})
+
+    @staticmethod
+    def wait(refs, num_returns):
+        return [refs[0]], refs[1:]
+
+    @staticmethod
+    def get(ref, timeout=None):
+        return ref()
+
+    @staticmethod
+    def kill(actor):
+        actor.dead = True
+
+
+class _FakeEmbedActor:
+    """Squares numbers; dies (as a killed actor does) at its `dies_at`-th call."""
+
+    def __init__(self, dies_at=None):
+        self.calls, self.dies_at, self.dead = 0, dies_at, False
+        outer = self
+
+        class Method:
+            def __init__(self, fn):
+                self.fn = fn
+
+            def remote(self, *args):
+                outer.calls += 1
+                doomed = outer.dead or outer.calls == outer.dies_at
+                if doomed:
+                    outer.dead = True
+                return lambda: (_ for _ in ()).throw(_FakeRay.exceptions.RayError("actor died")) \
+                    if doomed else self.fn(*args)
+
+        self.square = Method(lambda xs: {x: x * x for x in xs})
+        self.describe = Method(lambda: {})
+
+
+def test_embed_batches_of_an_actor_that_dies_are_sent_again_and_none_is_lost_or_doubled():
+    pytest.importorskip("ray")
+    from embed.ray_engine import EmbedPool
+    pool = object.__new__(EmbedPool)
+    pool.ray, pool.replaced = _FakeRay, 0
+    pool.actors = [_FakeEmbedActor(dies_at=2), _FakeEmbedActor()]
+    pool._new = lambda: _FakeEmbedActor()
+    batches = [("square", ([n, n + 100],)) for n in range(6)]
+    arrived = []
+    lost = pool.run(batches, lambda index, result: arrived.append((index, result)))
+    assert not lost and pool.replaced == 1
+    assert sorted(index for index, _ in arrived) == list(range(6))  # each batch once
+    assert all(result == {n: n * n, n + 100: (n + 100) ** 2} for n, result in arrived)
