@@ -239,7 +239,7 @@ def test_an_actor_killed_mid_batch_is_replaced_and_no_clip_is_lost(cluster, tmp_
     assert sorted(r["id"] for r in rows) == sorted({r["id"] for r in rows}) and len(rows) == 4
     assert _gone(victim)
     assert wait_until(lambda: not stack_processes(), 15), stack_processes()
-    assert not cluster_actor_processes(cluster)
+    assert wait_until(lambda: not cluster_actor_processes(cluster), 30), cluster_actor_processes(cluster)
 
 
 def cluster_actor_processes(cluster) -> list[int]:
@@ -272,6 +272,7 @@ def test_resume_after_the_driver_is_killed_renders_only_what_was_missing(cluster
     with pytest.raises(RenderError, match="being written by a render that is still running"):
         render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False,
                         engine="ray", address=cluster.address)
+    assert cluster_actor_processes(cluster) and stack_processes()  # what the kill must end
     driver.send_signal(signal.SIGKILL)  # no cleanup code of the driver runs
     driver.wait(timeout=60)
     # Ray ends a dead driver's actors, and each server's sandbox dies with its actor
@@ -285,7 +286,7 @@ def test_resume_after_the_driver_is_killed_renders_only_what_was_missing(cluster
     rows = pq.read_table(out / "status.parquet").to_pylist()
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), \
         [(r["status"], r["message"]) for r in rows]
-    assert not stack_processes() and not cluster_actor_processes(cluster)
+    assert wait_until(lambda: not stack_processes() and not cluster_actor_processes(cluster), 30)
 
 
 
@@ -408,3 +409,29 @@ def test_embed_batches_of_an_actor_that_dies_are_sent_again_and_none_is_lost_or_
     assert not lost and pool.replaced == 1
     assert sorted(index for index, _ in arrived) == list(range(6))  # each batch once
     assert all(result == {n: n * n, n + 100: (n + 100) ** 2} for n, result in arrived)
+
+
+def test_auto_calibrates_once_per_node_type_on_a_node_of_that_type(monkeypatch, tmp_path):
+    pytest.importorskip("ray")
+    from dataclasses import asdict
+
+    from renderer.ray_engine import RayEngine
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    store_factor(node_type_key("A x2"), [FidelityReport(8.0, 0.001, 36, 0.99, 0.99, 0.9, 0.9, True)])
+    asked = []
+
+    class Actor:
+        def __init__(self, name):
+            self.calibrate = type("Method", (), {"remote": lambda _, headroom: asked.append(name) or [
+                asdict(FidelityReport(8.0, 0.02, 36, 0.99, 0.99, 0.9, 0.9, False)),
+                asdict(FidelityReport(4.0, 0.001, 36, 0.99, 0.99, 0.9, 0.9, True))]})()
+
+    engine = RayEngine("127.0.0.1:1")
+    monkeypatch.setattr(engine, "ray", type("FakeRay", (), {"get": staticmethod(lambda reply: reply)}))
+    engine._actors = {0: (Actor("a0"), {"node_type": "A x2"}), 1: (Actor("b0"), {"node_type": "B x64"}),
+                      2: (Actor("b1"), {"node_type": "B x64"})}
+    assert engine.resolve_acceleration("auto", tmp_path) == 8.0  # the batch starts at the fastest
+    assert asked == ["b0"]  # A was cached; B calibrated once, on one of its nodes
+    assert [engine.max_factor(w) for w in range(3)] == [8.0, 4.0, 4.0]
+    assert cached_factor(node_type_key("B x64")) == 4.0
+    assert engine.resolve_acceleration(6, tmp_path) == 6.0 and asked == ["b0"]
