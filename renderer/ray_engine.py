@@ -363,7 +363,7 @@ class RayEngine:
         """Place `workers` actors now (so that a cluster without room says so at once)."""
         cpus = self.cluster_cpus()
         if workers * self.cpus_per_server > cpus + 1e-9:
-            raise ValueError(f"--workers {workers} needs {workers * self.cpus_per_server:g} CPUs "
+            raise ValueError(f"--workers {workers} needs {workers * self.cpus_per_server:.3g} CPUs "
                              f"({self.cpus_per_server:.3g} per server) and the Ray cluster has "
                              f"{cpus:g}: lower --workers, or add nodes")
         self._actor_class = actor_class(self.cpus_per_server)
