@@ -114,7 +114,7 @@ def scenarios(scenarios, k, seed, out, templates, templates_dir, check):
                    "`ray start` made on this machine]; --engine ray only.")
 @click.option("--acceleration", default="auto", show_default=True,
               help="Time factor (1 = real time) or 'auto': the fastest factor that passed "
-                   "the fidelity check on this machine.")
+                   "the fidelity check on this machine (with --engine ray, on each node type).")
 @click.option("--calibrate", is_flag=True, help="Redo the fidelity check that 'auto' uses.")
 @click.option("--headroom", type=click.FloatRange(min=0.05), default=0.3, show_default=True,
               help="Sonic Pi scheduling headroom, real seconds.")
