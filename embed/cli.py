@@ -56,11 +56,20 @@ def _setup_logging(verbose: int) -> None:
 @click.option("--offline", is_flag=True, help="Never download (as HF_HUB_OFFLINE=1).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the repo (MERT).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Embed only the first N rows.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the models here, or on Ray actors (pip install 'sonicpi-gen[ray]'; "
+                   "docs/scale.md).")
+@click.option("--address", default=None,
+              help="The Ray cluster's head, HOST:PORT [default: RAY_ADDRESS, else the cluster "
+                   "`ray start` made on this machine]; --engine ray only.")
+@click.option("--actors", type=click.IntRange(1), default=None,
+              help="Encoder actors with --engine ray [default: one per GPU, else per CPU].")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
 def embed_command(dataset, out_dir, code_model, audio_model, configs, splits, device, precision,
                   code_batch_size, audio_batch_size, workers, long_code, code_revision,
-                  audio_revision, offline, trust_remote_code, limit, no_progress, verbose):
+                  audio_revision, offline, trust_remote_code, limit, engine, address, actors,
+                  no_progress, verbose):
     """Embed a dataset's code and audio into OUT/<code>__<audio>/embeddings.parquet (resumable)."""
     _setup_logging(verbose)
     for side, model in (("code", code_model), ("audio", audio_model)):
@@ -69,6 +78,8 @@ def embed_command(dataset, out_dir, code_model, audio_model, configs, splits, de
                    + (f" - NOTE: {restriction}" if restriction else ""), err=True)
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
+    if engine == "local" and (address or actors):
+        raise click.ClickException("--address and --actors are for --engine ray")
     try:
         result = embed_dataset(
             dataset, out_dir, code_model, audio_model, configs=configs or None,
@@ -77,9 +88,9 @@ def embed_command(dataset, out_dir, code_model, audio_model, configs, splits, de
             num_workers=workers, long_input=long_code, code_revision=code_revision,
             audio_revision=audio_revision, local_files_only=offline or None,
             trust_remote_code=trust_remote_code, limit=limit, progress=not no_progress,
-            command=shlex.join(sys.argv))
+            command=shlex.join(sys.argv), engine=engine, address=address, actors=actors)
     except (ModelUnavailableError, EmbedSettingsError, FileNotFoundError, ValueError,
-            ImportError) as err:
+            ImportError, ConnectionError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"wrote {result.rows} rows ({result.new_rows} new) to {result.path}")
     if result.audio_computed:

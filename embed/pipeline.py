@@ -375,6 +375,87 @@ def _embed_audio(audio_enc: AudioEncoder, index: DatasetIndex, rows: list[Datase
     return done
 
 
+def _embed_code_ray(pool, todo: dict[str, str], store: _Store, batch_size: int,
+                    checkpoint_every: int, progress: bool,
+                    failed: list) -> tuple[dict[str, np.ndarray], int]:
+    """_embed_code on the pool's actors: each checkpoint chunk is one batch sent, and
+    written as a part when it comes back."""
+    done = store.load_parts("code")
+    ids = sorted((i for i in todo if i not in done), key=lambda i: -len(todo[i]))  # see _embed_code
+    chunks = [ids[s:s + checkpoint_every] for s in range(0, len(ids), checkpoint_every)]
+    bar = _progress(len(ids), "code", "prog", progress)
+    computed = 0
+
+    def arrived(index, result):
+        nonlocal computed
+        part, errors = result
+        failed.extend(errors)
+        store.write_part("code", part)
+        done.update(part)
+        computed += len(part)
+        bar.update(len(chunks[index]))
+
+    lost = pool.run([("encode_code", (chunk, [todo[i] for i in chunk], batch_size)) for chunk in chunks],
+                    arrived)
+    for batch in lost:
+        failed.extend({"id": i, "stage": "code", "error": batch["error"]} for i in chunks[batch["index"]])
+    bar.close()
+    return done, computed
+
+
+def _embed_audio_ray(pool, index: DatasetIndex, rows: list[DatasetRow], store: _Store,
+                     batch_size: int, checkpoint_every: int, progress: bool, failed: list,
+                     result: EmbedResult) -> dict[str, np.ndarray]:
+    """_embed_audio on the pool's actors: the driver reads each clip's bytes and sends
+    them in batches; the actors decode, prepare and encode."""
+    from embed.ray_engine import MIN_CLIPS_PER_SEND
+
+    done = store.load_parts("audio")
+    todo = [r for r in rows if r.id not in done]
+    if not todo:
+        return done
+    per_send = max(batch_size, MIN_CLIPS_PER_SEND)
+    sends: list[list[tuple[str, bytes]]] = [[]]
+    for unit in audio_units(index, todo):
+        source = index.sources[unit.source]
+        ids = dict(zip(unit.positions, unit.ids))
+        for pos, data, path in source.read_audio(unit.positions):
+            row_id = ids[pos]
+            try:
+                raw = load_audio_bytes(data, path, getattr(source, "root", None), row_id)
+            except Exception as err:  # one unreadable clip never sinks the batch
+                failed.append({"id": row_id, "stage": "audio", "error": f"{type(err).__name__}: {err}"})
+                continue
+            if len(sends[-1]) >= per_send:
+                sends.append([])
+            sends[-1].append((row_id, raw))
+    bar = _progress(len(todo), "audio", "clip", progress)
+    pending: dict[str, np.ndarray] = {}
+    start = time.perf_counter()
+
+    def arrived(number, reply):
+        nonlocal pending
+        vectors, errors, seconds = reply
+        failed.extend(errors)
+        pending.update(vectors)
+        result.audio_computed += len(vectors)
+        result.audio_duration_s += seconds
+        bar.update(len(sends[number]))
+        if len(pending) >= checkpoint_every:
+            store.write_part("audio", pending)
+            done.update(pending)
+            pending = {}
+
+    lost = pool.run([("encode_audio", (clips, batch_size)) for clips in sends if clips], arrived)
+    for batch in lost:
+        failed.extend({"id": i, "stage": "audio", "error": batch["error"]} for i, _ in sends[batch["index"]])
+    store.write_part("audio", pending)
+    done.update(pending)
+    bar.close()
+    result.audio_seconds = time.perf_counter() - start
+    return done
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__}
     for name in ("torch", "transformers", "datasets", "scipy", "soundfile"):
@@ -405,7 +486,8 @@ def embed_dataset(dataset: str | Path, out_dir: str | Path,
                   checkpoint_every: int = CHECKPOINT_EVERY, threads: int | None = None,
                   progress: bool = True, code_encoder: CodeEncoder | None = None,
                   audio_encoder: AudioEncoder | None = None,
-                  command: str | None = None) -> EmbedResult:
+                  command: str | None = None, engine: str = "local", address: str | None = None,
+                  actors: int | None = None) -> EmbedResult:
     """Embed every (config, split, id) row of a dataset not yet in the output.
 
     Args:
@@ -427,7 +509,18 @@ def embed_dataset(dataset: str | Path, out_dir: str | Path,
         threads: torch CPU threads (None: every core this process may use).
         code_encoder, audio_encoder: already loaded encoders (then the model arguments
             only name the output folder).
+        engine: "local" (this process), or "ray": the model work on Ray actors, one code
+            and one audio encoder each, a GPU each when the cluster has one per actor
+            (embed.ray_engine); resume, checkpoints and the output are the same.
+        address: the Ray cluster's head, HOST:PORT (default: RAY_ADDRESS, else the
+            cluster `ray start` made on this machine); actors: how many (default: one per
+            GPU, else one per CPU of the cluster).
     """
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine {engine!r} is not known; choose 'local' or 'ray'")
+    if engine == "ray" and (code_encoder is not None or audio_encoder is not None):
+        raise ValueError("engine 'ray' loads the encoders on its actors: pass model ids, not "
+                         "loaded encoders")
     start = time.perf_counter()
     index = read_dataset_index(dataset, configs, splits, reader)
     rows = sorted(index.rows, key=lambda r: (r.config, r.split, r.id))
@@ -445,11 +538,43 @@ def embed_dataset(dataset: str | Path, out_dir: str | Path,
         logger.info("nothing to do: all %d rows already in %s", len(rows), store.path)
         return result
 
-    if threads or device in ("cpu", "auto"):
+    pool = None
+    if engine == "ray":
+        from embed.ray_engine import EmbedPool
+        pool = EmbedPool(code_model, audio_model, {
+            "device": device, "precision": precision, "code_batch_size": code_batch_size,
+            "audio_batch_size": audio_batch_size, "long_input": long_input,
+            "revision_code": code_revision, "revision_audio": audio_revision, "cache_dir": cache_dir,
+            "local_files_only": local_files_only, "trust_remote_code": trust_remote_code},
+            address, actors)
+        code_encoder, audio_encoder = pool.encoders()
+    elif threads or device in ("cpu", "auto"):
         import torch
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(threads or cores or 1)
+    try:
+        return _embed_rows(dataset, index, rows, missing, store, result, folder, code_model,
+                           audio_model, code_encoder, audio_encoder, pool, start, configs=configs,
+                           splits=splits, device=device, precision=precision,
+                           code_batch_size=code_batch_size, audio_batch_size=audio_batch_size,
+                           num_workers=num_workers, long_input=long_input,
+                           code_revision=code_revision, audio_revision=audio_revision,
+                           cache_dir=cache_dir, local_files_only=local_files_only,
+                           trust_remote_code=trust_remote_code, reader=reader, limit=limit,
+                           checkpoint_every=checkpoint_every, progress=progress, command=command)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _embed_rows(dataset, index, rows, missing, store, result, folder, code_model, audio_model,
+                code_encoder, audio_encoder, pool, start, *, configs, splits, device, precision,
+                code_batch_size, audio_batch_size, num_workers, long_input, code_revision,
+                audio_revision, cache_dir, local_files_only, trust_remote_code, reader, limit,
+                checkpoint_every, progress, command) -> EmbedResult:
+    """embed_dataset once the rows to do are known: load the encoders (unless given, or
+    on `pool`'s actors), embed, write."""
     if code_encoder is None:
         code_encoder = load_code_encoder(code_model, device, revision=code_revision,
                                          cache_dir=cache_dir, local_files_only=local_files_only,
@@ -471,13 +596,23 @@ def embed_dataset(dataset: str | Path, out_dir: str | Path,
     failed: list[dict[str, str]] = []
 
     t0 = time.perf_counter()
-    code_vecs, result.code_computed = _embed_code(
-        code_encoder, {i: r.code for i, r in todo_rows.items()}, store, code_batch_size,
-        checkpoint_every, progress, failed)
+    programs = {i: r.code for i, r in todo_rows.items()}
+    if pool is None:
+        code_vecs, result.code_computed = _embed_code(
+            code_encoder, programs, store, code_batch_size, checkpoint_every, progress, failed)
+    else:
+        code_vecs, result.code_computed = _embed_code_ray(
+            pool, programs, store, code_batch_size, checkpoint_every, progress, failed)
     result.code_seconds = time.perf_counter() - t0
-    workers = default_workers(resolve_device(device)) if num_workers is None else num_workers
-    audio_vecs = _embed_audio(audio_encoder, index, list(todo_rows.values()), store,
-                              audio_batch_size, workers, checkpoint_every, progress, failed, result)
+    if pool is None:
+        workers = default_workers(resolve_device(device)) if num_workers is None else num_workers
+        audio_vecs = _embed_audio(audio_encoder, index, list(todo_rows.values()), store,
+                                  audio_batch_size, workers, checkpoint_every, progress, failed,
+                                  result)
+    else:
+        workers = 0  # the actors decode
+        audio_vecs = _embed_audio_ray(pool, index, list(todo_rows.values()), store,
+                                      audio_batch_size, checkpoint_every, progress, failed, result)
 
     for i in todo_rows:
         if i in code_vecs and i in audio_vecs:
@@ -491,7 +626,9 @@ def embed_dataset(dataset: str | Path, out_dir: str | Path,
                 "precision": precision, "code_batch_size": code_batch_size,
                 "audio_batch_size": audio_batch_size, "num_workers": workers,
                 "long_input": long_input, "limit": limit, "reader": reader,
-                "checkpoint_every": checkpoint_every}
+                "checkpoint_every": checkpoint_every, "engine": "ray" if pool else "local"}
+    if pool is not None:
+        settings.update(actors=len(pool.actors), actor_gpus=pool.gpu, actors_replaced=pool.replaced)
     metadata = {
         "code_model": code_desc["model"], "code_revision": code_desc["revision"],
         "code_pooling": code_desc["pooling"], "code_dim": str(code_desc["dim"]),

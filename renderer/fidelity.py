@@ -182,12 +182,57 @@ def _machine_key() -> str:
     return f"{platform.node()}|{os.cpu_count()}|sonic-pi-{DEFAULT_VERSION}|calibration-{CALIBRATION_VERSION}"
 
 
+# Cache keys of node types (see node_type_key) begin with this
+NODE_TYPE_PREFIX = "node-type:"
+
+
+def node_type() -> str:
+    """This machine's type, for calibration on a cluster: its CPU model and core count
+    (the factor a machine keeps up with depends on its cores' speed and number)."""
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} x{os.cpu_count()}"
+
+
+def node_type_key(kind: str) -> str:
+    """The calibration cache key of a node type (see node_type)."""
+    from sonicpi_gen.inventory import DEFAULT_VERSION
+    return f"{NODE_TYPE_PREFIX}{kind}|sonic-pi-{DEFAULT_VERSION}|calibration-{CALIBRATION_VERSION}"
+
+
+def cached_factor(key: str) -> float | None:
+    """The calibrated factor cached under `key`, or None."""
+    cache = _cache_path()
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
+    return float(cached[key]["factor"]) if key in cached else None
+
+
+def store_factor(key: str, reports: list[FidelityReport]) -> float:
+    """Cache the fastest factor that passed in `reports` (1 if none did) under `key`."""
+    passed = [r for r in reports if r.passed]
+    factor = passed[0].factor if passed else 1.0
+    cache = _cache_path()
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
+    cached[key] = {"factor": factor, "reports": [asdict(r) for r in reports]}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(cached, indent=1) + "\n")
+    return factor
+
+
 def forget_calibration() -> None:
-    """Drop this machine's cached calibration, so the next "auto" run calibrates again."""
+    """Drop this machine's cached calibration and those of cluster node types, so the
+    next "auto" run calibrates again."""
     cache = _cache_path()
     if cache.exists():
         cached = json.loads(cache.read_text())
         cached.pop(_machine_key(), None)
+        for key in [k for k in cached if k.startswith(NODE_TYPE_PREFIX)]:
+            cached.pop(key)
         cache.write_text(json.dumps(cached, indent=1) + "\n")
 
 
@@ -198,16 +243,9 @@ def resolve_acceleration(acceleration, work_dir: Path) -> float:
         if factor < 1:
             raise ValueError(f"acceleration {factor} must be >= 1 (1 = real time)")
         return factor
-    cache = _cache_path()
-    cached = json.loads(cache.read_text()) if cache.exists() else {}
-    if _machine_key() in cached:
-        return float(cached[_machine_key()]["factor"])
+    factor = cached_factor(_machine_key())
+    if factor is not None:
+        return factor
     logger.warning("calibrating the acceleration factor for this machine (about a minute, once; "
                    "`sonicpi-gen render --calibrate` redoes it)")
-    reports = calibrate(work_dir)
-    passed = [r for r in reports if r.passed]
-    factor = passed[0].factor if passed else 1.0
-    cached[_machine_key()] = {"factor": factor, "reports": [asdict(r) for r in reports]}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(cached, indent=1) + "\n")
-    return factor
+    return store_factor(_machine_key(), calibrate(work_dir))

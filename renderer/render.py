@@ -121,6 +121,50 @@ class RenderError(RuntimeError):
     full); what is finished stays, and a rerun resumes."""
 
 
+class LocalEngine:
+    """Where the batch's servers run: here, one SonicPiServer per worker thread
+    (--engine local). renderer.ray_engine.RayEngine is the other engine, with the same
+    methods: the batch (queue, retry policy, journal, lock, resume) is the same for both."""
+
+    name = "local"
+
+    def start(self, workers: int) -> None:
+        """Get ready for `workers` servers."""
+
+    def default_workers(self) -> int:
+        return DEFAULT_WORKERS
+
+    def resolve_acceleration(self, acceleration: float | str, work_dir: Path) -> float:
+        """The batch's factor: a number as given, or "auto" calibrated on this machine."""
+        from renderer.fidelity import resolve_acceleration
+        return resolve_acceleration(acceleration, work_dir)
+
+    def max_factor(self, worker: int) -> float | None:
+        """The fastest factor `worker`'s server may run at (None: no bound of its own)."""
+        return None
+
+    def new_server(self, worker: int, acceleration: float, headroom_s: float,
+                   boot_log_dir: Path, boot_slots) -> SonicPiServer:
+        """An unbooted server for `worker` (the worker boots it and shuts it down)."""
+        return SonicPiServer(acceleration=acceleration, headroom_s=headroom_s,
+                             boot_log_dir=boot_log_dir, boot_slots=boot_slots)
+
+    def render_clip(self, server, code: str, timeout_s: float | None,
+                    max_full_scale: float) -> ClipResult:
+        return render_clip(server, code, timeout_s, max_full_scale)
+
+    def scratch_folders(self) -> list[Path]:
+        """Folders whose disk the servers record on (checked for free space)."""
+        return [scratch_root()]
+
+    def describe(self) -> dict:
+        """The engine's part of provenance.json."""
+        return {"engine": self.name}
+
+    def close(self) -> None:
+        """End whatever the engine started (the servers end with their workers)."""
+
+
 def load_jobs(in_dir: Path) -> tuple[list[Job], list[dict]]:
     """Programs to render: an expand manifest, or every .rb file under a plain folder.
 
@@ -512,10 +556,10 @@ class _Worker(threading.Thread):
         for attempt in range(1, BOOT_ATTEMPTS + 1):
             if self.batch.stop.is_set():
                 raise ServerError("stopping")
-            server = SonicPiServer(acceleration=acceleration, headroom_s=self.batch.headroom_s,
-                                   boot_log_dir=self.batch.work_dir / "failed-boots"
-                                   / f"worker-{self.index}-boot-{self.boots + 1}.{attempt}",
-                                   boot_slots=self.batch.boot_slots)
+            server = self.batch.engine.new_server(
+                self.index, acceleration, self.batch.headroom_s,
+                self.batch.work_dir / "failed-boots" / f"worker-{self.index}-boot-{self.boots + 1}.{attempt}",
+                self.batch.boot_slots)
             self.server = server  # so that Ctrl-C can end it mid-boot
             try:
                 server.boot()
@@ -557,7 +601,7 @@ class _Worker(threading.Thread):
         tasks = self.batch.tasks
         try:
             while True:
-                factor = self.server.acceleration if self.server else self.batch.acceleration
+                factor = self.server.acceleration if self.server else self._home_factor()
                 task = tasks.get(factor, self.index)
                 if task is None:
                     return
@@ -572,15 +616,26 @@ class _Worker(threading.Thread):
             tasks.leave(self.index)
             self.stop_server()
 
+    def _home_factor(self) -> float:
+        """The batch's factor, or less where this worker's node calibrated lower."""
+        cap = self.batch.engine.max_factor(self.index)
+        return self.batch.acceleration if cap is None else min(self.batch.acceleration, cap)
+
     def _attempt(self, task: _Task) -> None:
         """Render the task once; then record the result or queue the next attempt."""
         task.attempts += 1
-        _check_free_space(self.batch.out_dir, scratch_root())
+        _check_free_space(self.batch.out_dir, *self.batch.engine.scratch_folders())
+        # a node whose type calibrated slower than the batch's factor renders there
+        # (--engine ray with "auto": each node type has its own factor)
+        cap = self.batch.engine.max_factor(self.index)
+        if cap is not None and task.factor > cap:
+            task.factor = cap
         started = time.monotonic()
         try:
             server = self.server if self.server and self.server.alive() \
                 and self.server.acceleration == task.factor else self._start_server(task.factor)
-            result = render_clip(server, task.job.code, self.batch.timeout_s, self.batch.max_full_scale)
+            result = self.batch.engine.render_clip(server, task.job.code, self.batch.timeout_s,
+                                                   self.batch.max_full_scale)
             self._keep_server_clean(task.job, result)
         except ServerError as err:
             result = ClipResult("server_error", str(err))
@@ -647,6 +702,7 @@ class _Batch:
     rendered: int = 0
     failed: int = 0
     started: float = 0.0
+    engine: object = field(default_factory=LocalEngine)  # where the servers run
 
     def __post_init__(self):
         self.tasks = _TaskQueue(self.stop)
@@ -706,29 +762,33 @@ class _Batch:
                     f"{self.failed} not ok")
 
 
-def render_programs(in_dir: Path, out_dir: Path, workers: int = DEFAULT_WORKERS,
+def render_programs(in_dir: Path, out_dir: Path, workers: int | None = DEFAULT_WORKERS,
                     acceleration: float | str = "auto", headroom_s: float = 0.3,
                     max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout_s: float | None = None,
                     max_full_scale: float = DEFAULT_MAX_FULL_SCALE, audio_format: str = "flac",
-                    templates: list[str] | None = None, progress: bool = True) -> RenderSummary:
+                    templates: list[str] | None = None, progress: bool = True,
+                    engine: str | object = "local", address: str | None = None) -> RenderSummary:
     """Render every program of `in_dir` (an expand folder, or a folder of .rb files).
 
     Args:
-        workers: Sonic Pi servers run side by side (each renders one clip at a time).
+        workers: Sonic Pi servers run side by side (each renders one clip at a time);
+            None: the engine's default (local: 3 x cores; ray: 3 per CPU of the cluster).
         acceleration: time factor (1 = real time), or "auto" for the fastest factor that
-            passed the fidelity check on this machine (see renderer.fidelity).
+            passed the fidelity check on this machine (see renderer.fidelity); on Ray,
+            on each type of node.
         headroom_s: Sonic Pi scheduling headroom in real seconds.
         max_attempts: tries per program when the renderer (not the program) fails.
         timeout_s: real seconds per clip before it counts as hung (default: from the factor).
         max_full_scale: fraction of full-scale samples above which a clip is flagged clipped.
         audio_format: "flac" or "wav".
+        engine: "local" (servers on this machine, one per thread), "ray" (servers on
+            the Ray cluster at `address`, one per actor; see renderer.ray_engine), or an
+            engine object (LocalEngine, ray_engine.RayEngine).
+        address: the Ray cluster's address (HOST:PORT); default: the RAY_ADDRESS
+            variable, else the cluster started on this machine with `ray start`.
     """
-    from tqdm import tqdm
-
-    from renderer.fidelity import resolve_acceleration
-    from sonicpi_gen import __version__
-
-    if workers < 1:
+    engine = _make_engine(engine, address)
+    if workers is not None and workers < 1:
         raise ValueError(f"--workers {workers}: choose 1 or more")
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio format {audio_format!r} is not supported; choose one of {list(AUDIO_FORMATS)}")
@@ -744,17 +804,41 @@ def render_programs(in_dir: Path, out_dir: Path, workers: int = DEFAULT_WORKERS,
                           "write to") from err
     try:
         return _render_held(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_s,
-                            max_attempts, timeout_s, max_full_scale, audio_format, progress)
+                            max_attempts, timeout_s, max_full_scale, audio_format, progress, engine)
     finally:
         lock.close()
 
 
+def _make_engine(engine: str | object, address: str | None):
+    """The engine object for an --engine name (or the object itself)."""
+    if engine == "local":
+        if address is not None:
+            raise ValueError(f"--address {address} is for --engine ray; the local engine renders "
+                             "on this machine")
+        return LocalEngine()
+    if engine == "ray":
+        from renderer.ray_engine import RayEngine
+        return RayEngine(address)
+    if isinstance(engine, str):
+        raise ValueError(f"--engine {engine!r} is not known; choose 'local' or 'ray'")
+    return engine
+
+
 def _render_held(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_s, max_attempts,
-                 timeout_s, max_full_scale, audio_format, progress) -> RenderSummary:
+                 timeout_s, max_full_scale, audio_format, progress, engine) -> RenderSummary:
     """render_programs, once the output folder is held."""
+    try:
+        return _render_on(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_s,
+                          max_attempts, timeout_s, max_full_scale, audio_format, progress, engine)
+    finally:
+        engine.close()  # the Ray engine's actors, and the servers they own, end here
+
+
+def _render_on(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_s, max_attempts,
+               timeout_s, max_full_scale, audio_format, progress, engine) -> RenderSummary:
+    """render_programs, once the output folder is held and the engine made."""
     from tqdm import tqdm
 
-    from renderer.fidelity import resolve_acceleration
     from sonicpi_gen import __version__
 
     _remove_partial_writes(out_dir)
@@ -765,16 +849,21 @@ def _render_held(in_dir, out_dir, jobs, rejected, workers, acceleration, headroo
     logger.info("checking the %d finished clips against their hashes",
                 sum(1 for row in previous.values() if row["status"] == "ok"))
     todo = [j for j in jobs if not is_done(j, previous.get(j.id), out_dir)]
-    factor = resolve_acceleration(acceleration, out_dir / ".work")
+    if workers is None:  # the engine's default, for the cluster it finds
+        workers = engine.default_workers()
+    running = min(workers, len(todo))
+    if running:
+        engine.start(running)
+    factor = engine.resolve_acceleration(acceleration, out_dir / ".work")
     logger.info("%d programs, %d already rendered, %d to render at x%g on %d workers",
                 len(jobs), len(jobs) - len(todo), len(todo), factor, workers)
     bar = tqdm(total=len(todo), unit="clip", disable=not progress, dynamic_ncols=True)
     batch = _Batch(out_dir, out_dir / ".work", factor, headroom_s, max_attempts, timeout_s,
-                   max_full_scale, audio_format, bar, rows=previous)
+                   max_full_scale, audio_format, bar, rows=previous, engine=engine)
     for job in todo:
         batch.tasks.put(_Task(job, factor))
     batch.started = time.monotonic()
-    threads = [_Worker(i, batch) for i in range(min(workers, len(todo)))]
+    threads = [_Worker(i, batch) for i in range(running)]
     try:
         for thread in threads:
             thread.start()
@@ -796,7 +885,7 @@ def _render_held(in_dir, out_dir, jobs, rejected, workers, acceleration, headroo
             write_status_parquet(out_dir, batch.rows)
         versions = sorted({t.version for t in threads if t.version != "unknown"})
         _write_provenance(out_dir, in_dir, factor, workers, headroom_s, max_full_scale,
-                          audio_format, versions, __version__)
+                          audio_format, versions, __version__, engine.describe())
     failed = [t.error for t in threads if t.error is not None]
     if failed:
         raise failed[0]
@@ -809,12 +898,12 @@ def _render_held(in_dir, out_dir, jobs, rejected, workers, acceleration, headroo
 
 
 def _write_provenance(out_dir, in_dir, factor, workers, headroom_s, max_full_scale,
-                      audio_format, versions, tool_version) -> None:
+                      audio_format, versions, tool_version, engine: dict) -> None:
     provenance = {"tool": "sonicpi-gen", "tool_version": tool_version, "stage": "render",
                   "input": str(Path(in_dir).resolve()), "sonic_pi_version": versions,
                   "acceleration": factor, "workers": workers, "headroom_s": headroom_s,
                   "max_full_scale": max_full_scale, "audio_format": audio_format,
-                  "bpm": BPM, "bars": BARS, "sample_rate": SAMPLE_RATE,
+                  "bpm": BPM, "bars": BARS, "sample_rate": SAMPLE_RATE, **engine,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_atomically(out_dir / "provenance.json",
                      lambda tmp: tmp.write_text(json.dumps(provenance, indent=1) + "\n"))

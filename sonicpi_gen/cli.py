@@ -104,10 +104,17 @@ def scenarios(scenarios, k, seed, out, templates, templates_dir, check):
               help="An expand output folder, or any folder of .rb files.")
 @click.option("--out", type=OUT_DIR, default=Path("work/renders"), show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Sonic Pi servers side by side, each in its own sandbox [default: 3 x cores].")
+              help="Sonic Pi servers side by side, each in its own sandbox [default: 3 x cores; "
+                   "with --engine ray, 3 per CPU of the cluster, one actor each].")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the servers run: this machine, or a Ray cluster (pip install "
+                   "'sonicpi-gen[ray]'; docs/scale.md).")
+@click.option("--address", default=None,
+              help="The Ray cluster's head, HOST:PORT [default: RAY_ADDRESS, else the cluster "
+                   "`ray start` made on this machine]; --engine ray only.")
 @click.option("--acceleration", default="auto", show_default=True,
               help="Time factor (1 = real time) or 'auto': the fastest factor that passed "
-                   "the fidelity check on this machine.")
+                   "the fidelity check on this machine (with --engine ray, on each node type).")
 @click.option("--calibrate", is_flag=True, help="Redo the fidelity check that 'auto' uses.")
 @click.option("--headroom", type=click.FloatRange(min=0.05), default=0.3, show_default=True,
               help="Sonic Pi scheduling headroom, real seconds.")
@@ -118,20 +125,19 @@ def scenarios(scenarios, k, seed, out, templates, templates_dir, check):
 @click.option("--format", "audio_format", type=click.Choice(["flac", "wav"]), default="flac",
               show_default=True)
 @templates_option
-def render(in_dir, out, workers, acceleration, calibrate, headroom, max_attempts, max_full_scale,
-           audio_format, templates):
+def render(in_dir, out, workers, engine, address, acceleration, calibrate, headroom, max_attempts,
+           max_full_scale, audio_format, templates):
     """Render programs to 18 s clips on headless Sonic Pi servers (resumable)."""
     from renderer.fidelity import forget_calibration
-    from renderer.render import DEFAULT_WORKERS, RenderError, render_programs
+    from renderer.render import RenderError, render_programs
     if calibrate:
         forget_calibration()
     try:
-        summary = _run(render_programs, in_dir=in_dir, out_dir=out,
-                       workers=workers or DEFAULT_WORKERS, acceleration=acceleration,
-                       headroom_s=headroom, max_attempts=max_attempts,
+        summary = _run(render_programs, in_dir=in_dir, out_dir=out, workers=workers,
+                       acceleration=acceleration, headroom_s=headroom, max_attempts=max_attempts,
                        max_full_scale=max_full_scale, audio_format=audio_format,
-                       templates=_split(templates))
-    except RenderError as err:
+                       templates=_split(templates), engine=engine, address=address)
+    except (RenderError, ImportError) as err:  # ImportError: --engine ray without Ray
         raise click.ClickException(str(err)) from err
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted: the finished clips are kept in {out}; "
