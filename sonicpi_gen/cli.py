@@ -34,7 +34,7 @@ def _run(fn, *args, **kwargs):
     """Call a stage function; turn input errors into a clean exit with their message."""
     try:
         return fn(*args, **kwargs)
-    except (GrammarError, ValueError, FileNotFoundError) as err:
+    except (GrammarError, ValueError, FileNotFoundError, ImportError) as err:
         raise click.ClickException(str(err)) from err
 
 
@@ -53,10 +53,16 @@ check_option = click.option("--check/--no-check", default=False, show_default=Tr
 @templates_option
 @templates_dir_option
 @check_option
-def expand(n, seed, out, templates, templates_dir, check):
+@click.option("--defaults", is_flag=True,
+              help="One program per template, every slot at its recorded default (a lifted "
+                   "template gives back its source); --n and --seed are not used.")
+def expand(n, seed, out, templates, templates_dir, check, defaults):
     """Write N distinct programs per template and a manifest."""
-    from sonicpi_gen.expand import expand_templates
-    programs = _run(expand_templates, out, n, seed, _split(templates), templates_dir, check)
+    from sonicpi_gen.expand import expand_defaults, expand_templates
+    if defaults:
+        programs = _run(expand_defaults, out, _split(templates), templates_dir, check)
+    else:
+        programs = _run(expand_templates, out, n, seed, _split(templates), templates_dir, check)
     click.echo(f"wrote {len(programs)} programs from {len({p.template for p in programs})} "
                f"templates to {out}")
 
@@ -97,6 +103,22 @@ def scenarios(scenarios, k, seed, out, templates, templates_dir, check):
                     templates_dir, check)
     click.echo(f"wrote {len({p.group_id for p in programs})} scenarios "
                f"({len(programs)} programs) to {out}")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=OUT_DIR, required=True, help="Folder for <name>.rb.j2 + <name>.toml.")
+@click.option("--min-programs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Skip a program whose grammar yields fewer distinct programs.")
+def templatize(sources, out, min_programs):
+    """Lift Sonic Pi programs (files or folders of .rb) into templates and grammars."""
+    from sonicpi_gen.templatize import templatize_programs
+    summary = _run(templatize_programs, list(sources), out, min_programs=min_programs)
+    for skipped in summary.skipped:
+        click.echo(f"skipped {skipped.source}: {skipped.reason}")
+    click.echo(f"lifted {len(summary.templates)} of {summary.sources} programs into {out} "
+               f"({summary.mean_slots:.1f} slots per template); expand them with "
+               f"`sonicpi-gen expand --templates-dir {out}`")
 
 
 @main.command()
