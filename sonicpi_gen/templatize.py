@@ -184,10 +184,17 @@ def templatize_programs(sources: list[Path], out_dir: Path, min_programs: int = 
     try:
         outcome: dict[Path, object] = {}
         drawn: dict[str, list[Path]] = {}
+        shapes: dict[str, str] = {}  # template text -> the template that has it
         for path in paths:
             try:
                 code = _read_program(path, syntax)
                 lifted = lift_program(code, template_name(path, taken), str(path), inventory)
+                # Two programs that differ only in lifted literals have one template: a second
+                # grammar would draw the same programs (and one program in two templates would
+                # leak across splits that hold out whole templates).
+                if lifted.template in shapes:
+                    raise LiftError(f"it differs from {shapes[lifted.template]!r} only in lifted "
+                                    "literals: that template's grammar covers it")
                 _write_template(lifted, tmp)
                 grammar = load_grammar(lifted.name, tmp, inventory)
                 if grammar.render(grammar.defaults()) != code:
@@ -203,6 +210,7 @@ def templatize_programs(sources: list[Path], out_dir: Path, min_programs: int = 
                 outcome[path] = Skipped(str(path), reason)
                 _remove_template(tmp, locals().get("lifted"), path)
                 continue
+            shapes[lifted.template] = lifted.name
             drawn[lifted.name] = []
             for k, program in enumerate(programs):
                 check_path = check_dir / lifted.name / f"{k}.rb"

@@ -215,10 +215,20 @@ def test_tutorial_blocks_round_trip(tmp_path):
     index = extract_tutorial(tmp_path / "blocks")
     assert index["license"] == "CC BY-SA 4.0" and len(index["files"]) > 300
     summary = templatize_programs([tmp_path / "blocks"], tmp_path / "t")
-    assert len(summary.templates) >= 0.6 * len(index["files"])
+    assert len(summary.templates) >= 0.55 * len(index["files"])
     for lifted in summary.templates:
         grammar = load_grammar(lifted.name, tmp_path / "t")
         assert grammar.render(grammar.defaults()) == Path(lifted.source).read_text(), lifted.name
     # Deterministic: the same blocks give the same files.
     extract_tutorial(tmp_path / "blocks2")
     assert _files(tmp_path / "blocks") == _files(tmp_path / "blocks2")
+
+
+def test_programs_differing_only_in_lifted_literals_share_one_template(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.rb").write_text(SMALL)
+    (src / "b.rb").write_text(SMALL.replace("sleep 0.5", "sleep 1").replace(":prophet", ":saw"))
+    summary = templatize_programs([src], tmp_path / "t")
+    assert [t.name for t in summary.templates] == ["a"]
+    assert summary.skipped[0].reason == "it differs from 'a' only in lifted literals: that template's grammar covers it"
