@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import html
+import os
 import queue
 import re
 import time
@@ -45,7 +46,11 @@ TAIL_BEATS = 0.25  # recorded past the clip's end, so the cut never runs short
 # The marker: a 10 ms click, far louder than the 16-bit noise floor, gone long before beat 0.
 MARKER_CODE = "synth :beep, note: 100, attack: 0, sustain: 0, release: 0.02, amp: 0.5"
 MARKER_THRESHOLD = 0.01
-MARKER_LENGTH_S = 0.05  # the click and its release; between it and beat 0 all is quiet
+MARKER_LENGTH_S = 0.05  # the click and its release
+# A program may sound this long before its beat 0 (`with_swing -0.1` plays 50 ms early
+# at 120 BPM; the clip still starts at beat 0). From the click's end to there all is
+# quiet, which tells the click from a leftover of the previous run (a fade, a tail).
+EARLY_SOUND_S = 0.15
 # The end thread sends the recorder's stop a headroom before it is due (else scsynth
 # would get it late), but at most this many of Sonic Pi's seconds: Sonic Pi waits for
 # the recorder to be freed at most 5 s of its own time.
@@ -90,6 +95,48 @@ def builtin_samples_in(code: str) -> list[str]:
     return sorted(set(re.findall(r":(\w+)", code)) & _builtin_sample_names())
 
 
+# What a program can use to change the server for every run after its own (the master
+# mixer, tuning, headroom, functions, time state), and Ruby that can reach anything
+# (evaluation, reflection, processes, globals, the runtime's instance variables). After
+# a program that uses any of it, the server is replaced before the next clip: the
+# server's own report of its state (renderer.server.STATE_PROBE) cannot see all of it
+# (the mixer's controls live in scsynth). None of the templates' programs uses any.
+SERVER_STATE_RE = re.compile(
+    r"\b(?:set_\w+!|reset_mixer!)|\b(set|define|defonce|live_audio|load_synthdefs|run_file|run_code|"
+    r"eval_file|eval|instance_eval|class_eval|module_eval|instance_exec|define_method|"
+    r"define_singleton_method|send|__send__|public_send|method|instance_variable_get|"
+    r"instance_variable_set|const_set|const_get|remove_method|undef_method|alias_method|"
+    r"ObjectSpace|Kernel|Object|Module|Class|require|load|system|spawn|exec|fork|Process)\b"
+    r"|\$[A-Za-z_]|@[A-Za-z_]|`|^\s*(class|module|def|alias|undef)\b", re.M)
+
+
+def touches_server_state(code: str) -> list[str]:
+    """What in `code` may change the server for the programs after it (SERVER_STATE_RE)."""
+    return sorted({match.group(0).strip() for match in SERVER_STATE_RE.finditer(code)})
+
+
+# Calls that make sound, and a sample named by a file path (quoted)
+SOUND_CALL_RE = re.compile(r"\b(play\w*|synth|sample|live_audio|midi\w*)\b")
+SAMPLE_PATH_RE = re.compile(r"\bsample\s*\(?\s*(?:\"([^\"]+)\"|'([^']+)')")
+# What a sandboxed server can read (renderer.sandbox)
+READABLE_ROOTS = ("/usr/",)
+
+
+def silence_reason(code: str) -> str | None:
+    """Why a program that rendered silent was silent, where its text tells: it makes no
+    sound call, or it names a sample file the server cannot read."""
+    if not SOUND_CALL_RE.search(code):
+        return "the program has no play, synth or sample call"
+    for match in SAMPLE_PATH_RE.finditer(code):
+        path = os.path.expanduser(match.group(1) or match.group(2))
+        if not os.path.isfile(path):
+            return f"sample file {path} does not exist"
+        if not os.path.realpath(path).startswith(READABLE_ROOTS):
+            return (f"sample file {path} is outside what the sandboxed server can read "
+                    f"({', '.join(READABLE_ROOTS)})")
+    return None
+
+
 class ShortRecording(ServerError):
     """The recorder stopped before the clip's end. Its stop is scheduled a whole clip
     after the marker, in the server's time: the two landed closer than that when the
@@ -116,11 +163,11 @@ class ClipResult:
         return self.status in ("timeout", "server_error", *TIME_KEEPING_FAILURES)
 
 
-def wrap_program(code: str, take: Path, sched_ahead_s: float, stop_ahead_s: float) -> str:
+def wrap_program(code: str, take: str, sched_ahead_s: float, stop_ahead_s: float) -> str:
     """The program with the renderer's one-line prelude: 120 BPM, the built-in samples
     it names, the recorder, the marker.
 
-    `take` is where the server saves the recording; `sched_ahead_s` the server's
+    `take` is where the server saves the recording (as the server sees it); `sched_ahead_s` the server's
     scheduling headroom and `stop_ahead_s` (at most that) how long before it is due the
     recorder's stop is sent, both in the server's seconds. The prelude is one line so
     that the server's line numbers are the program's own (see `clean_message`).
@@ -138,7 +185,7 @@ def wrap_program(code: str, take: Path, sched_ahead_s: float, stop_ahead_s: floa
                   + (sched_ahead_s - stop_ahead_s) * BPM / 60)
     prelude = (f"use_bpm {BPM}; use_debug false; {loads}in_thread do use_bpm {BPM}; recording_start; "
                f"sleep {PRE_ROLL_BEATS:g}; {MARKER_CODE}; sleep {stop_beats:.6f}; "
-               f"use_sched_ahead_time {stop_ahead_s:.6f}; recording_save {ruby_string(take)}; end; "
+               f"__spg_use_sched_ahead_time {stop_ahead_s:.6f}; recording_save {ruby_string(take)}; end; "
                f"sleep {PRE_ROLL_BEATS + MARKER_LEAD_BEATS:g}")
     return prelude + "\n" + code
 
@@ -154,6 +201,7 @@ def clean_message(text: str) -> str:
     text = html.unescape(text)
     where = None if "eval:" in text else re.search(r"\[buffer eval, line (\d+)\]", text)
     text = re.sub(r"\[buffer eval, line \d+\] - ", "", text).replace("Thread death!", "")
+    text = re.sub(r"^\s*\[eval\] - ", "", text)  # an error outside the program's own lines
     text = re.sub(r"eval:(\d+):?", lambda m: f"line {m.group(1)}:", text)
     text = " ".join(text.split())
     return f"line {where.group(1)}: {text}" if where else text
@@ -195,8 +243,9 @@ def find_marker(recording: np.ndarray) -> int | None:
 def cut_clip(recording: np.ndarray) -> np.ndarray:
     """The CLIP_FRAMES frames starting at the program's beat 0.
 
-    Checks that the first sound was the marker: between the click's end and beat 0
-    nothing may sound (a leftover of the previous run would be mistaken for it)."""
+    Checks that the first sound was the marker: from the click's end until
+    EARLY_SOUND_S before beat 0 nothing may sound (a leftover of the previous run
+    would be mistaken for it)."""
     marker = find_marker(recording)
     if marker is None:
         raise ServerError("no marker click in the recording (the server produced no sound)")
@@ -204,8 +253,7 @@ def cut_clip(recording: np.ndarray) -> np.ndarray:
     if start + CLIP_FRAMES > len(recording):
         raise ShortRecording(f"recording too short: {len(recording) / SAMPLE_RATE:.2f} s, "
                              f"needs {(start + CLIP_FRAMES) / SAMPLE_RATE:.2f} s")
-    # up to 10 ms before beat 0: an event at beat 0 may land that early (issue 3's bound)
-    between = recording[marker + int(MARKER_LENGTH_S * SAMPLE_RATE):start - int(0.010 * SAMPLE_RATE)]
+    between = recording[marker + int(MARKER_LENGTH_S * SAMPLE_RATE):start - int(EARLY_SOUND_S * SAMPLE_RATE)]
     if between.size and np.abs(between).max() > MARKER_THRESHOLD * 32768:
         raise ServerError("sound before the program's beat 0: the marker could not be told apart")
     return recording[start:start + CLIP_FRAMES]
@@ -222,14 +270,14 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     speed = server.acceleration
     sched_ahead = server.sched_ahead_s
     stop_ahead = min(sched_ahead, STOP_AHEAD_MAX_S)
-    take = server.workdir / f"take-{uuid.uuid4().hex[:12]}.wav"
+    take = server.scratch / f"take-{uuid.uuid4().hex[:12]}.wav"
     clip_wall_s = (sched_ahead + (PRE_ROLL_BEATS + MARKER_LEAD_BEATS + CLIP_BEATS + TAIL_BEATS)
                    * 60 / BPM) / speed
     timeout_s = timeout_s or 3 * clip_wall_s + 10
     _wait_stopped_run_faded(server)
     faults_before = server.scheduling_faults()
     server.drain_messages()
-    server.run_code(wrap_program(code, take, sched_ahead, stop_ahead))
+    server.run_code(wrap_program(code, server.inside(take), sched_ahead, stop_ahead))
     # the marker is due a pre-roll and a headroom after the run starts
     marker_due = time.monotonic() + (PRE_ROLL_BEATS * 60 / BPM + sched_ahead) / speed
     # the stack's time keeping so far; checked while the clip plays, so that a clip
@@ -261,6 +309,9 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     status, message = "ok", None
     if levels["peak_dbfs"] < SILENCE_DBFS:
         status, message = "silent", f"peak {levels['peak_dbfs']:.1f} dBFS is below {SILENCE_DBFS:g} dBFS"
+        reason = silence_reason(code)
+        if reason:
+            message += f": {reason}"
     elif levels["full_scale_fraction"] > max_full_scale:
         message = (f"clipped: {levels['full_scale_fraction']:.2%} of samples at full scale "
                    f"(flag threshold {max_full_scale:.2%})")
@@ -327,8 +378,9 @@ def _error_text(msg) -> str:
     return clean_message(str(msg.args[1]) if len(msg.args) > 1 else str(msg.args))
 
 
-def _saved(msg, take: Path) -> bool:
-    return msg.address == "/log/info" and any(f"Saving recording to {take}" in str(a) for a in msg.args)
+def _saved(msg, server: SonicPiServer, take: Path) -> bool:
+    line = f"Saving recording to {server.inside(take)}"
+    return msg.address == "/log/info" and any(line in str(a) for a in msg.args)
 
 
 def _wait_for_save(server: SonicPiServer, take: Path, timeout_s: float,
@@ -355,7 +407,7 @@ def _wait_for_save(server: SonicPiServer, take: Path, timeout_s: float,
                 return ClipResult("timing", text)
             kind = "syntax_error" if "SyntaxError" in text or msg.address == "/syntax_error" else "runtime_error"
             return ClipResult(kind, text)
-        if _saved(msg, take):
+        if _saved(msg, server, take):
             return None
 
 
@@ -375,7 +427,8 @@ def _discard_recording(server: SonicPiServer, take: Path, stop_ahead_s: float) -
     server.stop_runs()
     _wait_runs_ended(server)
     server.drain_messages()  # the failed run's other messages
-    server.run_code(f"use_sched_ahead_time {stop_ahead_s:.6f}; recording_save {ruby_string(take)}")
+    server.run_code(f"__spg_use_sched_ahead_time {stop_ahead_s:.6f}; "
+                    f"recording_save {ruby_string(server.inside(take))}")
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
         try:
@@ -387,7 +440,7 @@ def _discard_recording(server: SonicPiServer, take: Path, stop_ahead_s: float) -
         if msg.address == "/error":  # nothing else runs now: the save itself failed
             raise ServerError("the server could not stop its recorder: "
                               + _error_text(msg))
-        if _saved(msg, take) or (msg.address == "/log/info" and "No recording to save" in str(msg.args)):
+        if _saved(msg, server, take) or (msg.address == "/log/info" and "No recording to save" in str(msg.args)):
             take.unlink(missing_ok=True)
             return
     raise ServerError("the server did not stop its recorder within 10 s")

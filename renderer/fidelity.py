@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # the renderer cannot see (README, "A clock tied to the samples"). So auto stops at x8;
 # a user may ask for more.
 CANDIDATE_FACTORS = (8, 4)
-CALIBRATION_VERSION = 4  # bumped when the clip protocol or the candidates change
+CALIBRATION_VERSION = 5  # bumped when the clip protocol or the candidates change
 FALLBACK_FACTOR = 8.0  # used when calibration itself cannot run
 ONSET_TOLERANCE_S = 0.005
 # How much less alike an accelerated render may be than two real-time renders.
@@ -133,9 +133,9 @@ def check_fidelity(factor: float, work_dir: Path, realtime: list | None = None,
     reuses them across factors).
     """
     if realtime is None:
-        with SonicPiServer(Path(work_dir) / "realtime", 1.0, headroom_s) as server:
+        with SonicPiServer(acceleration=1.0, headroom_s=headroom_s) as server:
             realtime = [_render(server, REFERENCE), _render(server, REFERENCE)]
-    with SonicPiServer(Path(work_dir) / f"x{factor:g}", factor, headroom_s) as server:
+    with SonicPiServer(acceleration=factor, headroom_s=headroom_s) as server:
         metronome = _render(server, METRONOME)
         reference = _render(server, REFERENCE)
     onsets = onset_times(metronome)
@@ -158,7 +158,7 @@ def check_fidelity(factor: float, work_dir: Path, realtime: list | None = None,
 
 def calibrate(work_dir: Path, factors=CANDIDATE_FACTORS, headroom_s: float = 0.3) -> list[FidelityReport]:
     """Check factors from fastest to slowest and stop at the first that passes."""
-    with SonicPiServer(Path(work_dir) / "realtime", 1.0, headroom_s) as server:
+    with SonicPiServer(acceleration=1.0, headroom_s=headroom_s) as server:
         realtime = [_render(server, REFERENCE), _render(server, REFERENCE)]
     reports = []
     for factor in sorted(factors, reverse=True):

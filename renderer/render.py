@@ -3,23 +3,24 @@
 Work is tracked per program id in <out>/status.jsonl (one line appended per finished
 clip, so a kill loses at most the clip in flight) and compacted into status.parquet at
 the end. A rerun skips every program whose last status is final (ok, syntax_error,
-runtime_error, silent) for the same program text; renderer-side failures (timeouts,
-dead servers, timing errors under acceleration) are retried.
+runtime_error, silent) for the same program text and whose clip still has its recorded
+hash; renderer-side failures (timeouts, dead servers, timing errors under acceleration)
+are retried. One render writes an output folder at a time (a lock file says which).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections import deque
-from dataclasses import dataclass, field, replace
-import subprocess
-import sys
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,15 +28,25 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from renderer.clip import (BARS, BPM, CLIP_SECONDS, DEFAULT_MAX_FULL_SCALE, FINAL_STATUSES,
-                           TIME_KEEPING_FAILURES, ClipResult, render_clip)
-from renderer.server import JACK_SLOTS, SAMPLE_RATE, ServerError, SonicPiServer
+                           TIME_KEEPING_FAILURES, ClipResult, render_clip, touches_server_state)
+from renderer.sandbox import scratch_root
+from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
 
 AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
 # Servers idle between a clip's steps (waiting on Ruby, on a stopped run's fade), so
 # more servers than cores keep the CPU busy: 6 on 2 cores (see renderer.fidelity).
-DEFAULT_WORKERS = min(8, 3 * (os.cpu_count() or 1))
+DEFAULT_WORKERS = 3 * (os.cpu_count() or 1)
+# Statuses of input files that are not programs to render (status.parquet keys them by
+# their source path): text identical to another file's, or not UTF-8 text.
+INPUT_STATUSES = ("duplicate", "unreadable")
+# A server that dies twice while rendering the same program was ended by the program
+# (exit!, killing its own processes): the program's failure, not retried again.
+MAX_SERVER_DEATHS = 2
+# Free space below which the render stops (bytes), on the output's disk and on the
+# sandboxes' scratch disk: a clip is 3 MB while recorded, 2 MB as FLAC.
+MIN_FREE_BYTES = 64 << 20
 DEFAULT_MAX_ATTEMPTS = 5  # at x8: 8, 8, 4, 2, then real time (see next_attempt)
 BOOT_ATTEMPTS = 5
 # Servers booting at once. A boot is seconds of CPU (Ruby loading Sonic Pi, scsynth its
@@ -105,8 +116,17 @@ class RenderSummary:
         return self.audio_s / self.wall_s if self.wall_s else 0.0
 
 
-def load_jobs(in_dir: Path) -> list[Job]:
-    """Programs to render: an expand manifest, or every .rb file under a plain folder."""
+class RenderError(RuntimeError):
+    """The render cannot go on (the output folder is held or not writable, the disk is
+    full); what is finished stays, and a rerun resumes."""
+
+
+def load_jobs(in_dir: Path) -> tuple[list[Job], list[dict]]:
+    """Programs to render: an expand manifest, or every .rb file under a plain folder.
+
+    Also returns a status row for each input file that is not a program to render: a
+    file whose text is another file's (it is rendered once, under the first file's
+    source), or one that is not UTF-8 text."""
     from sonicpi_gen.expand import program_id
 
     in_dir = Path(in_dir)
@@ -115,16 +135,39 @@ def load_jobs(in_dir: Path) -> list[Job]:
         jobs = {}
         for row in pq.read_table(manifest, columns=["id", "template", "code"]).to_pylist():
             jobs.setdefault(row["id"], Job(row["id"], row["template"], row["code"]))
-        return list(jobs.values())
+        return list(jobs.values()), []
     files = sorted(in_dir.rglob("*.rb"))
     if not files:
         raise FileNotFoundError(f"{in_dir} has no manifest.parquet and no .rb files")
-    jobs = {}
+    jobs, rejected = {}, []
     for path in files:
-        code = path.read_text()
-        job = Job(program_id(code), "user", code, str(path.relative_to(in_dir)))
-        jobs.setdefault(job.id, job)
-    return list(jobs.values())
+        source = str(path.relative_to(in_dir))
+        raw = path.read_bytes()
+        try:
+            code = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            rejected.append(_input_row(hashlib.sha256(raw).hexdigest()[:16], source, "unreadable",
+                                       f"not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                                       f"{err.start}): save the file as UTF-8"))
+            continue
+        job = Job(program_id(code), "user", code, source)
+        first = jobs.setdefault(job.id, job)
+        if first is not job:
+            rejected.append(_input_row(job.id, source, "duplicate",
+                                       f"same text as {first.source}, rendered once as {job.id}"))
+    return list(jobs.values()), rejected
+
+
+def _input_row(id: str, source: str, status: str, message: str) -> dict:
+    row = {name: None for name in STATUS_SCHEMA.names}
+    row.update(id=id, template="user", source=source, status=status, message=message)
+    return row
+
+
+def status_key(row: dict) -> str:
+    """The key of a status row: the program id, or for an input file that is not a
+    program to render (INPUT_STATUSES), its source path."""
+    return f"source:{row['source']}" if row["status"] in INPUT_STATUSES else row["id"]
 
 
 def merge_manifest(in_dir: Path, jobs: list[Job], out_dir: Path) -> None:
@@ -142,8 +185,8 @@ def merge_manifest(in_dir: Path, jobs: list[Job], out_dir: Path) -> None:
                  "index": i, "code": j.code, "params": "{}", "source": j.source}
                 for i, j in enumerate(jobs)]
     target = Path(out_dir) / "manifest.parquet"
-    if target.exists():
-        rows = pq.read_table(target).to_pylist() + rows
+    if target.exists():  # this render's rows first: a program rendered again keeps its code
+        rows = rows + pq.read_table(target).to_pylist()
     unique = {}
     for row in rows:
         unique.setdefault((row["id"], row["group_id"], row["family"], row["scenario"]), row)
@@ -153,56 +196,99 @@ def merge_manifest(in_dir: Path, jobs: list[Job], out_dir: Path) -> None:
 
 
 def read_status(out_dir: Path) -> dict[str, dict]:
-    """Latest status row per program id: status.parquet, then the journal's later lines."""
+    """Latest status row per key (see status_key): status.parquet, then the journal's
+    later lines. A journal line that is not a status row is skipped with a warning
+    (a line cut by a kill: that clip is simply rendered again)."""
     rows = {}
     parquet = Path(out_dir) / "status.parquet"
     if parquet.exists():
-        rows.update({r["id"]: r for r in pq.read_table(parquet).to_pylist()})
+        rows.update({status_key(r): r for r in pq.read_table(parquet).to_pylist()})
     journal = Path(out_dir) / "status.jsonl"
     if journal.exists():
-        for line in journal.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill: that clip is simply rendered again
-            rows[row["id"]] = row
+        with open(journal, "rb") as lines:
+            for number, line in enumerate(lines, 1):
+                try:
+                    row = json.loads(line)
+                    rows[status_key(row)] = {name: row.get(name) for name in STATUS_SCHEMA.names}
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    logger.warning("%s, line %d: not a status row, skipped (its clip is rendered "
+                                   "again if it has no other)", journal, number)
     return rows
 
 
 def write_status_parquet(out_dir: Path, rows: dict[str, dict]) -> None:
     """Compact the status into status.parquet (atomically) and empty the journal."""
-    table = pa.Table.from_pylist(sorted(rows.values(), key=lambda r: (r["template"], r["id"])),
+    table = pa.Table.from_pylist(sorted(rows.values(), key=lambda r: (r["template"], r["id"], r["source"] or "")),
                                  schema=STATUS_SCHEMA)
-    tmp = Path(out_dir) / f".status.parquet.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, Path(out_dir) / "status.parquet")
+    write_atomically(Path(out_dir) / "status.parquet", lambda tmp: pq.write_table(table, tmp))
     (Path(out_dir) / "status.jsonl").unlink(missing_ok=True)
 
 
+def write_atomically(path: Path, write) -> None:
+    """Call write(tmp) on a temporary name beside `path`, then rename it to `path`."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def is_done(job: Job, row: dict | None, out_dir: Path) -> bool:
+    """Whether `job` has a final status for its text and, when ok, its clip on disk with
+    the hash recorded when it was written (a missing, cut or damaged clip is rendered
+    again)."""
     if not row or row["status"] not in FINAL_STATUSES or row["code_sha256"] != job.code_sha256:
         return False
-    return row["status"] != "ok" or (out_dir / row["path"]).exists()
+    if row["status"] != "ok":
+        return True
+    try:
+        return _sha256(out_dir / row["path"]) == row["audio_sha256"]
+    except OSError:
+        return False
 
 
-class _Watchdog:
-    """Handle on the watchdog process (renderer/watchdog.py)."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "renderer.watchdog"],
-                                     stdin=subprocess.PIPE, text=True, start_new_session=True,
-                                     cwd=str(Path(__file__).resolve().parent.parent))
-        self.lock = threading.Lock()
 
-    def register(self, item) -> None:
-        """A session id to end, or a shared memory path to remove, if the renderer dies."""
-        with self.lock:
-            self.proc.stdin.write(f"{item}\n")
-            self.proc.stdin.flush()
+def _hold_output(out_dir: Path):
+    """Take the output folder's lock (held until the returned file is closed), or raise
+    RenderError naming the render that holds it."""
+    lock = open(out_dir / ".render.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise RenderError(f"{out_dir} is being written by a render that is still running "
+                          f"(pid {holder}): wait for it to finish, or render into another --out")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+
+def _remove_partial_writes(out_dir: Path) -> None:
+    """Remove what a killed render left half-written (temporary names, see write_atomically)."""
+    for partial in out_dir.rglob(".*.tmp-*"):
+        if partial.is_file():
+            partial.unlink(missing_ok=True)
+
+
+def _check_free_space(*folders: Path) -> None:
+    for folder in folders:
+        stat = os.statvfs(folder)
+        free = stat.f_bavail * stat.f_frsize
+        if free < MIN_FREE_BYTES:
+            raise RenderError(f"the disk holding {folder} is full ({free >> 20} MB free): free some "
+                              "space and rerun the same command; finished clips are kept")
 
 
 @dataclass
@@ -225,6 +311,8 @@ class _Task:
     # the fastest factor its DSP load allows, once a failure showed it (no extra try
     # is made above it)
     max_factor: float | None = None
+    render_s: float = 0.0  # over all its attempts
+    server_deaths: int = 0  # servers that died while rendering it (see MAX_SERVER_DEATHS)
 
 
 def _slower(factor: float, divisor: float) -> float:
@@ -424,15 +512,15 @@ class _Worker(threading.Thread):
         for attempt in range(1, BOOT_ATTEMPTS + 1):
             if self.batch.stop.is_set():
                 raise ServerError("stopping")
-            server = SonicPiServer(self.batch.work_dir / f"worker-{self.index}", acceleration,
-                                   self.batch.headroom_s, on_spawn=self.batch.watchdog.register,
+            server = SonicPiServer(acceleration=acceleration, headroom_s=self.batch.headroom_s,
+                                   boot_log_dir=self.batch.work_dir / "failed-boots"
+                                   / f"worker-{self.index}-boot-{self.boots + 1}.{attempt}",
                                    boot_slots=self.batch.boot_slots)
             self.server = server  # so that Ctrl-C can end it mid-boot
             try:
                 server.boot()
             except ServerError as err:
                 self.server = None
-                self._keep_boot_logs(attempt)
                 if attempt == BOOT_ATTEMPTS:
                     raise
                 logger.warning("worker %d: boot %d at x%g failed (%s); retrying",
@@ -443,15 +531,22 @@ class _Worker(threading.Thread):
             return server
         raise AssertionError("unreachable")
 
-    def _keep_boot_logs(self, attempt: int) -> None:
-        """Copy a failed boot's logs out of the server's folder (the next boot empties
-        it) to <out>/.work/failed-boots/."""
-        kept = self.batch.work_dir / "failed-boots"
-        kept.mkdir(parents=True, exist_ok=True)
-        for name in ("server.log", "jackd.log"):
-            log = self.batch.work_dir / f"worker-{self.index}" / name
-            if log.exists():
-                shutil.copyfile(log, kept / f"worker-{self.index}-boot-{self.boots + 1}.{attempt}-{name}")
+    def _keep_server_clean(self, job: Job, result: ClipResult) -> None:
+        """Replace the server before the next clip when this program may have changed
+        it for the programs after it: it used what can (clip.touches_server_state), or
+        the server's state after the stop differs from its state after boot."""
+        server = self.server
+        if server is None or not server.alive():
+            return
+        reasons = touches_server_state(job.code)
+        if not reasons:
+            server.wait_stopped()  # the stop's report of the state (the next clip waits anyway)
+            if server.changed_state():
+                reasons = ["its state after the program differs from its state after boot"]
+        if reasons:
+            logger.info("worker %d: %s may have changed its server (%s); replacing it",
+                        self.index, job.id, ", ".join(reasons))
+            self.stop_server()
 
     def stop_server(self) -> None:
         if self.server is not None:
@@ -472,6 +567,7 @@ class _Worker(threading.Thread):
                     tasks.done(self.index)
         except BaseException as err:  # reported by the main thread
             self.error = err
+            self.batch.stop.set()  # a full disk, say: the other workers stop too
         finally:
             tasks.leave(self.index)
             self.stop_server()
@@ -479,21 +575,33 @@ class _Worker(threading.Thread):
     def _attempt(self, task: _Task) -> None:
         """Render the task once; then record the result or queue the next attempt."""
         task.attempts += 1
+        _check_free_space(self.batch.out_dir, scratch_root())
+        started = time.monotonic()
         try:
             server = self.server if self.server and self.server.alive() \
                 and self.server.acceleration == task.factor else self._start_server(task.factor)
             result = render_clip(server, task.job.code, self.batch.timeout_s, self.batch.max_full_scale)
+            self._keep_server_clean(task.job, result)
         except ServerError as err:
             result = ClipResult("server_error", str(err))
+        task.render_s += time.monotonic() - started
         if result.status in ("server_error", "timeout"):
+            if self.server is not None and not self.server.alive():
+                task.server_deaths += 1
             if not self.batch.stop.is_set():
                 logger.warning("worker %d: %s on %s (%s); restarting its server", self.index,
                                result.status, task.job.id, result.message)
             self.stop_server()  # dead, or maybe hung
-        if result.status == "timing" and task.factor == 1:
-            result.status = "runtime_error"  # behind time in real time: the program's
         if self.batch.stop.is_set() and result.retryable:
             return  # cut short by Ctrl-C: not a result; the rerun renders it
+        if task.server_deaths >= MAX_SERVER_DEATHS:
+            result = ClipResult("runtime_error", f"the server died {task.server_deaths} times while "
+                                "rendering this program: a program that exits (exit!) or ends its "
+                                "own processes cannot be rendered")
+        elif result.retryable and task.factor == 1 and result.status != "server_error":
+            # late, drifting, behind time or hung in real time: the program's own doing
+            result = replace(result, status="runtime_error",
+                             message=f"in real time: {result.message}")
         excused = False
         if result.status in TIME_KEEPING_FAILURES and self.server is not None:
             # a young server's failure under a high DSP load is the program's weight
@@ -504,7 +612,8 @@ class _Worker(threading.Thread):
                                          settling)
         retry = next_attempt(task, result, self.batch.max_attempts, excused)
         if retry is None:
-            self.batch.finish(task.job, result, task.attempts, task.factor, self.index, self.version)
+            self.batch.finish(task.job, result, task.attempts, task.factor, self.index, self.version,
+                              task.render_s)
             return
         if retry.factor != task.factor:
             logger.info("%s: %s at x%g, retrying at x%g", task.job.id, result.status, task.factor,
@@ -525,7 +634,6 @@ class _Batch:
     timeout_s: float | None
     max_full_scale: float
     audio_format: str
-    watchdog: _Watchdog
     progress: object
     stop: threading.Event = field(default_factory=threading.Event)
     tasks: _TaskQueue = field(init=False)
@@ -557,12 +665,12 @@ class _Batch:
         return others or settling
 
     def finish(self, job: Job, result: ClipResult, attempts: int, factor: float, worker: int,
-               version: str) -> None:
+               version: str, render_s: float) -> None:
         """Write the clip (atomically) and append its status line."""
         row = {name: None for name in STATUS_SCHEMA.names}
         row.update(id=job.id, template=job.template, source=job.source, code_sha256=job.code_sha256,
                    status=result.status, message=result.message, sample_rate=SAMPLE_RATE, bpm=BPM,
-                   bars=BARS, render_s=round(result.render_s, 3), attempts=attempts, worker=worker,
+                   bars=BARS, render_s=round(render_s, 3), attempts=attempts, worker=worker,
                    acceleration=float(factor), sonic_pi_version=version,
                    clipped=bool(result.status == "ok" and result.message), **result.levels)
         if result.status == "ok":
@@ -570,14 +678,21 @@ class _Batch:
             rel = Path(job.template) / f"{job.id}.{self.audio_format}"
             path = self.out_dir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            sf.write(tmp, result.audio, SAMPLE_RATE, format=fmt, subtype=subtype)
-            os.replace(tmp, path)
+            try:
+                write_atomically(path, lambda tmp: sf.write(tmp, result.audio, SAMPLE_RATE,
+                                                            format=fmt, subtype=subtype))
+            except (OSError, RuntimeError) as err:  # soundfile raises RuntimeError on a short write
+                _check_free_space(self.out_dir)
+                raise RenderError(f"could not write {path}: {err}") from err
             row.update(path=str(rel), duration_s=len(result.audio) / SAMPLE_RATE,
-                       audio_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+                       audio_sha256=_sha256(path))
         with self.write_lock:
-            with open(self.out_dir / "status.jsonl", "a") as journal:
-                journal.write(json.dumps(row) + "\n")
+            try:
+                with open(self.out_dir / "status.jsonl", "a") as journal:
+                    journal.write(json.dumps(row) + "\n")
+            except OSError as err:
+                _check_free_space(self.out_dir)
+                raise RenderError(f"could not append to {self.out_dir / 'status.jsonl'}: {err}") from err
             self.rows[job.id] = row
             self.rendered += 1
             self.failed += result.status != "ok"
@@ -613,25 +728,49 @@ def render_programs(in_dir: Path, out_dir: Path, workers: int = DEFAULT_WORKERS,
     from renderer.fidelity import resolve_acceleration
     from sonicpi_gen import __version__
 
-    if not 1 <= workers <= JACK_SLOTS:
-        raise ValueError(f"--workers {workers}: choose 1 to {JACK_SLOTS} (JACK runs at most "
-                         f"{JACK_SLOTS} servers per machine)")
+    if workers < 1:
+        raise ValueError(f"--workers {workers}: choose 1 or more")
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio format {audio_format!r} is not supported; choose one of {list(AUDIO_FORMATS)}")
     out_dir = Path(out_dir)
-    jobs = load_jobs(in_dir)
+    jobs, rejected = load_jobs(in_dir)
     if templates:
         jobs = [j for j in jobs if j.template in set(templates)]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = _hold_output(out_dir)
+    except OSError as err:  # not permitted, or a read-only file system
+        raise RenderError(f"cannot write to {out_dir} ({err.strerror}): choose an --out you can "
+                          "write to") from err
+    try:
+        return _render_held(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_s,
+                            max_attempts, timeout_s, max_full_scale, audio_format, progress)
+    finally:
+        lock.close()
+
+
+def _render_held(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_s, max_attempts,
+                 timeout_s, max_full_scale, audio_format, progress) -> RenderSummary:
+    """render_programs, once the output folder is held."""
+    from tqdm import tqdm
+
+    from renderer.fidelity import resolve_acceleration
+    from sonicpi_gen import __version__
+
+    _remove_partial_writes(out_dir)
     merge_manifest(in_dir, jobs, out_dir)
     previous = read_status(out_dir)
+    for row in rejected:
+        previous[status_key(row)] = row
+    logger.info("checking the %d finished clips against their hashes",
+                sum(1 for row in previous.values() if row["status"] == "ok"))
     todo = [j for j in jobs if not is_done(j, previous.get(j.id), out_dir)]
     factor = resolve_acceleration(acceleration, out_dir / ".work")
     logger.info("%d programs, %d already rendered, %d to render at x%g on %d workers",
                 len(jobs), len(jobs) - len(todo), len(todo), factor, workers)
     bar = tqdm(total=len(todo), unit="clip", disable=not progress, dynamic_ncols=True)
     batch = _Batch(out_dir, out_dir / ".work", factor, headroom_s, max_attempts, timeout_s,
-                   max_full_scale, audio_format, _Watchdog(), bar, rows=previous)
+                   max_full_scale, audio_format, bar, rows=previous)
     for job in todo:
         batch.tasks.put(_Task(job, factor))
     batch.started = time.monotonic()
@@ -653,7 +792,6 @@ def render_programs(in_dir: Path, out_dir: Path, workers: int = DEFAULT_WORKERS,
         raise
     finally:
         bar.close()
-        batch.watchdog.close()
         with batch.write_lock:
             write_status_parquet(out_dir, batch.rows)
         versions = sorted({t.version for t in threads if t.version != "unknown"})
@@ -662,7 +800,7 @@ def render_programs(in_dir: Path, out_dir: Path, workers: int = DEFAULT_WORKERS,
     failed = [t.error for t in threads if t.error is not None]
     if failed:
         raise failed[0]
-    rows = [batch.rows[j.id] for j in jobs if j.id in batch.rows]
+    rows = [batch.rows[j.id] for j in jobs if j.id in batch.rows] + rejected
     counts = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -678,4 +816,5 @@ def _write_provenance(out_dir, in_dir, factor, workers, headroom_s, max_full_sca
                   "max_full_scale": max_full_scale, "audio_format": audio_format,
                   "bpm": BPM, "bars": BARS, "sample_rate": SAMPLE_RATE,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+    write_atomically(out_dir / "provenance.json",
+                     lambda tmp: tmp.write_text(json.dumps(provenance, indent=1) + "\n"))

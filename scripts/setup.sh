@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # jackd2 named: sonic-pi-server depends on the "jackd" package, which takes jackd2 or
 # jackd1; the renderer was written and measured against JACK 2.
 # sonic-pi-server-doc: the tutorial whose code blocks the `tutorial` templates are lifted from.
-APT_PACKAGES=(sonic-pi-server sonic-pi-server-doc jackd2 faketime ruby python3-venv gcc libc6-dev)
+APT_PACKAGES=(sonic-pi-server sonic-pi-server-doc jackd2 faketime ruby bubblewrap python3-venv gcc libc6-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -125,9 +125,8 @@ def templatize(sources, out, min_programs):
 @click.option("--in", "in_dir", type=IN_DIR, default=Path("work/programs"), show_default=True,
               help="An expand output folder, or any folder of .rb files.")
 @click.option("--out", type=OUT_DIR, default=Path("work/renders"), show_default=True)
-@click.option("--workers", type=click.IntRange(1, 8), default=None,
-              help="Sonic Pi servers side by side (JACK allows 8 per machine) "
-                   "[default: 3 x cores, at most 8].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Sonic Pi servers side by side, each in its own sandbox [default: 3 x cores].")
 @click.option("--acceleration", default="auto", show_default=True,
               help="Time factor (1 = real time) or 'auto': the fastest factor that passed "
                    "the fidelity check on this machine.")
@@ -145,11 +144,20 @@ def render(in_dir, out, workers, acceleration, calibrate, headroom, max_attempts
            audio_format, templates):
     """Render programs to 18 s clips on headless Sonic Pi servers (resumable)."""
     from renderer.fidelity import forget_calibration
-    from renderer.render import DEFAULT_WORKERS, render_programs
+    from renderer.render import DEFAULT_WORKERS, RenderError, render_programs
     if calibrate:
         forget_calibration()
-    summary = _run(render_programs, in_dir, out, workers or DEFAULT_WORKERS, acceleration,
-                   headroom, max_attempts, None, max_full_scale, audio_format, _split(templates))
+    try:
+        summary = _run(render_programs, in_dir=in_dir, out_dir=out,
+                       workers=workers or DEFAULT_WORKERS, acceleration=acceleration,
+                       headroom_s=headroom, max_attempts=max_attempts,
+                       max_full_scale=max_full_scale, audio_format=audio_format,
+                       templates=_split(templates))
+    except RenderError as err:
+        raise click.ClickException(str(err)) from err
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted: the finished clips are kept in {out}; "
+                                   "rerun the same command to resume") from None
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     click.echo(f"rendered {summary.rendered} clips ({summary.skipped} already done) in "
                f"{summary.wall_s:.1f} s, {summary.realtime_factor:.1f}x real time; status: {counts}")

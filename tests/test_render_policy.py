@@ -8,7 +8,7 @@ import pytest
 
 import renderer.render as render
 from renderer.clip import ClipResult
-from renderer.server import AudioClock
+from renderer.audio_clock import AudioClock
 from renderer.render import _Task, _TaskQueue, next_attempt
 
 JOB = render.Job("id", "t", "play 60")
@@ -61,7 +61,7 @@ def test_excused_failures_stay_at_the_speed_and_cost_no_attempt_up_to_a_bound():
 
 def test_a_failure_is_excused_when_another_server_failed_during_the_clip_or_its_server_settles(tmp_path):
     batch = render._Batch(tmp_path, tmp_path / ".work", 8.0, 0.3, 5, None, 0.01, "flac",
-                          watchdog=None, progress=None)
+                          progress=None)
     assert not batch.excuses(0, 3.0, settling=False)  # alone: the program's
     assert batch.excuses(0, 3.0, settling=True)
     assert batch.excuses(1, 3.0, settling=False)  # worker 0 failed within the window
@@ -173,6 +173,12 @@ class FakeServer:
     def uptime_s(self):
         return 1e6  # settled (see render.SETTLING_SERVER_S)
 
+    def wait_stopped(self):
+        pass
+
+    def changed_state(self):
+        return False
+
     def shutdown(self):
         pass
 
@@ -192,7 +198,7 @@ def test_workers_reboot_once_per_factor_and_retries_wait_for_the_fast_work(monke
 
     monkeypatch.setattr(render, "render_clip", fake_render_clip)
     batch = render._Batch(tmp_path, tmp_path / ".work", 16.0, 0.3, 4, None, 0.01, "flac",
-                          watchdog=None, progress=None)
+                          progress=None)
     for i in range(8):
         batch.tasks.put(_Task(render.Job(str(i), "t", str(i)), 16.0))
     worker = render._Worker(0, batch)
@@ -213,7 +219,7 @@ def _render_on_a_young_server(monkeypatch, tmp_path, results):
     monkeypatch.setattr(render, "render_clip", lambda *a: next(results))
     monkeypatch.setattr(FakeServer, "uptime_s", lambda self: 0.0)
     batch = render._Batch(tmp_path, tmp_path / ".work", 8.0, 0.3, 5, None, 0.01, "flac",
-                          watchdog=None, progress=None)
+                          progress=None)
     monkeypatch.setattr(batch, "finish", lambda job, result, attempts, factor, *a: batch.rows.update(
         {job.id: (result.status, attempts, factor)}))
     batch.tasks.put(_Task(JOB, 8.0))
@@ -284,7 +290,7 @@ def test_audio_clock_drift_integrates_the_rate_error_over_the_span():
 def test_scsynths_status_reply_is_read_from_its_bytes_and_nothing_else_is():
     from pythonosc.osc_message_builder import OscMessageBuilder
 
-    from renderer.server import parse_status_reply
+    from renderer.audio_clock import parse_status_reply
 
     reply = OscMessageBuilder("/status.reply")
     for value, kind in ((1, "i"), (12, "i"), (3, "i"), (2, "i"), (180, "i"), (2.5, "f"),
@@ -295,28 +301,6 @@ def test_scsynths_status_reply_is_read_from_its_bytes_and_nothing_else_is():
     log_line.add_arg("/status.reply")
     assert parse_status_reply(log_line.build().dgram) is None
     assert parse_status_reply(reply.build().dgram[:-8]) is None
-
-
-def test_port_blocks_given_to_concurrent_boots_never_overlap_until_given_back():
-    from renderer import server
-
-    blocks = []
-    def take():
-        for _ in range(50):
-            blocks.append(server._take_port_block(8))
-    threads = [threading.Thread(target=take) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    ports = [port for block in blocks for port in block]
-    assert len(ports) == len(set(ports)) == 200 * 8
-    assert all(block == list(range(block[0], block[0] + 8)) for block in blocks)
-    low, high = server._port_range()
-    assert low <= min(ports) and max(ports) < high
-    for block in blocks:
-        server._give_back_ports(block)
-    assert not server._PORTS_TAKEN.intersection(ports)
 
 
 def test_single_clip_retries_stop_at_the_first_result_that_is_not_a_time_keeping_failure(monkeypatch):
@@ -373,18 +357,6 @@ def test_one_worker_moves_down_at_once_for_a_heavy_program_and_goes_on_at_its_sp
     q.done()
     then = q.get(4.0, 0)  # nothing left at x4: the fast work, rendered at x4, no reboot
     assert (then.job.id, then.factor) == ("b", 4.0)
-
-
-def test_jacks_refusal_of_scsynth_is_told_from_a_boot_that_went_well():
-    from renderer.server import SCSYNTH_REFUSED_RE
-
-    refused = ["Cannot connect to client name = scsynth-sonicpi-gen-3",
-               "ClientNotify fails name = system notification = 0 val1 = 0 val2 = 0\n"
-               "NotifyAddClient new_client fails name = scsynth-sonicpi-gen-0"]
-    booted = ("JACK server starting in realtime mode with priority 70\n"
-              "self-connect-mode is \"Don't restrict self connect requests\"\n")
-    assert all(SCSYNTH_REFUSED_RE.search(text) for text in refused)
-    assert not SCSYNTH_REFUSED_RE.search(booted)
 
 
 def test_a_lone_worker_finishes_the_fast_work_before_moving_down_for_a_heavy_program():

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-import renderer.server as server_module
-from renderer.server import ServerError, sample_clock_library
+import renderer.sample_clock as server_module
+from renderer.sample_clock import SampleClockError, sample_clock_library
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_the_sample_clock_is_built_once_per_source_version_and_exports_its_hooks
 
 def test_without_a_compiler_the_error_says_what_to_install(fresh_cache, monkeypatch):
     monkeypatch.setattr(server_module.shutil, "which", lambda name: None)
-    with pytest.raises(ServerError, match="apt-get install gcc libc6-dev"):
+    with pytest.raises(SampleClockError, match="apt-get install gcc libc6-dev"):
         sample_clock_library()
 
 
@@ -48,6 +48,6 @@ def test_a_build_that_fails_names_the_source_and_the_compiler_message(fresh_cach
     monkeypatch.setattr(server_module, "SAMPLE_CLOCK_SOURCE", broken)
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler")
-    with pytest.raises(ServerError, match=r"could not build .*sample_clock\.c(.|\n)*error"):
+    with pytest.raises(SampleClockError, match=r"could not build .*sample_clock\.c(.|\n)*error"):
         sample_clock_library()
     assert not list(fresh_cache.iterdir())
