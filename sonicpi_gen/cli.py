@@ -164,6 +164,24 @@ def render(in_dir, out, workers, acceleration, calibrate, headroom, max_attempts
     click.echo(f"clips and status.parquet in {out}")
 
 
+@main.command("slot-report")
+@click.option("--in", "in_dirs", type=IN_DIR, multiple=True, default=[Path("work/renders")],
+              show_default=True, help="A renders folder; repeat to merge several.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the Markdown report here [default: print it].")
+@click.option("--min-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="List only slot values not ok in at least this share of their programs.")
+def slot_report(in_dirs, out, min_share):
+    """Per template and per slot value: how many rendered programs failed or were silent."""
+    from sonicpi_gen.slot_report import format_slot_report, report_slot_failures
+    text = format_slot_report(_run(report_slot_failures, list(in_dirs)), min_share)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {out}: {text.splitlines()[0]}")
+
+
 @main.group()
 def dataset() -> None:
     """Build the Hugging Face dataset folder from renders, and publish it."""
