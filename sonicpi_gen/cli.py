@@ -188,8 +188,11 @@ def dataset() -> None:
 
 
 @dataset.command("build")
-@click.option("--in", "in_dirs", type=IN_DIR, multiple=True, default=[Path("work/renders")],
-              show_default=True, help="A renders folder; repeat to merge several.")
+@click.option("--in", "in_dirs", type=IN_DIR, multiple=True,
+              help="A renders folder; repeat to merge several [default: work/renders].")
+@click.option("--tutorial-in", "tutorial_dirs", type=IN_DIR, multiple=True,
+              help="A renders folder of programs lifted from Sonic Pi's tutorial: the "
+                   "`tutorial` configuration (CC BY-SA 4.0); repeat to merge several.")
 @click.option("--out", type=OUT_DIR, default=Path("work/dataset"), show_default=True)
 @click.option("--max-shard-mb", type=click.FloatRange(min=0.1), default=500.0, show_default=True,
               help="Largest Parquet shard, in MB (10^6 bytes).")
@@ -200,13 +203,17 @@ def dataset() -> None:
 @click.option("--repo-id", default=None, help="Hub id for the card's usage examples [default: ORG/NAME].")
 @click.option("--card-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Jinja2 card template [default: the repository's dataset_card.md].")
-@click.option("--configs", default="default,unseen_templates,families,scenarios", show_default=True,
+@click.option("--configs", default="default,unseen_templates,tutorial,families,scenarios",
+              show_default=True,
               help="Comma-separated configurations to write (unseen_templates repeats default's audio).")
-def dataset_build(in_dirs, out, max_shard_mb, drop_clipped, license_id, repo_id, card_template, configs):
+def dataset_build(in_dirs, tutorial_dirs, out, max_shard_mb, drop_clipped, license_id, repo_id,
+                  card_template, configs):
     """Build the dataset folder (Parquet shards, card) from renders."""
     from sonicpi_gen.dataset import build_dataset
-    summary = _run(build_dataset, list(in_dirs), out, max_shard_mb, drop_clipped, license_id,
-                   repo_id, card_template, tuple(_split(configs) or ()), progress=True)
+    in_dirs = list(in_dirs) or ([] if tutorial_dirs else [Path("work/renders")])
+    summary = _run(build_dataset, in_dirs, out, max_shard_mb, drop_clipped, license_id,
+                   repo_id, card_template, tuple(_split(configs) or ()), progress=True,
+                   tutorial_dirs=list(tutorial_dirs))
     rows = "; ".join(f"{config} " + ", ".join(f"{split} {n}" for split, n in splits.items())
                      for config, splits in summary.rows.items())
     left_out = ", ".join(f"{n} {why}" for why, n in summary.left_out.items()) or "none"
