@@ -186,6 +186,7 @@ def templatize_programs(sources: list[Path], out_dir: Path, min_programs: int = 
         drawn: dict[str, list[Path]] = {}
         shapes: dict[str, str] = {}  # template text -> the template that has it
         for path in paths:
+            lifted = None
             try:
                 code = _read_program(path, syntax)
                 lifted = lift_program(code, template_name(path, taken), str(path), inventory)
@@ -208,7 +209,9 @@ def templatize_programs(sources: list[Path], out_dir: Path, min_programs: int = 
                     reason = (f"its grammar yields fewer than {min_programs} distinct programs "
                               f"(--min-programs): too little worth varying ({err})")
                 outcome[path] = Skipped(str(path), reason)
-                _remove_template(tmp, locals().get("lifted"), path)
+                if lifted is not None:  # written, then failed a check: remove its files
+                    for suffix in (".rb.j2", ".toml"):
+                        (tmp / f"{lifted.name}{suffix}").unlink(missing_ok=True)
                 continue
             shapes[lifted.template] = lifted.name
             drawn[lifted.name] = []
@@ -246,12 +249,6 @@ def templatize_programs(sources: list[Path], out_dir: Path, min_programs: int = 
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(check_dir, ignore_errors=True)
     return summary
-
-
-def _remove_template(folder: Path, lifted, path: Path) -> None:
-    if isinstance(lifted, Lifted) and lifted.source == str(path):
-        for suffix in (".rb.j2", ".toml"):
-            (folder / f"{lifted.name}{suffix}").unlink(missing_ok=True)
 
 
 def _read_program(path: Path, syntax_errors: dict) -> str:
