@@ -189,7 +189,8 @@ def templatize_programs(sources: list[Path], out_dir: Path, min_programs: int = 
             lifted = None
             try:
                 code = _read_program(path, syntax)
-                lifted = lift_program(code, template_name(path, taken), str(path), inventory)
+                lifted = lift_program(code, template_name(path, taken), path.name, inventory)
+                lifted.source = str(path)  # the full path goes to templatize.json, not the grammar
                 # Two programs that differ only in lifted literals have one template: a second
                 # grammar would draw the same programs (and one program in two templates would
                 # leak across splits that hold out whole templates).
