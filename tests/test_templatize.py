@@ -232,3 +232,21 @@ def test_programs_differing_only_in_lifted_literals_share_one_template(tmp_path)
     summary = templatize_programs([src], tmp_path / "t")
     assert [t.name for t in summary.templates] == ["a"]
     assert summary.skipped[0].reason == "it differs from 'a' only in lifted literals: that template's grammar covers it"
+
+
+TRICKY = """# Café — “quotes” {{ not jinja }} {% nor this %} {# nor this #}
+x = {a: 1}
+puts "#{x} {{y}}"
+use_synth :saw
+play 60, amp: 0.5 # ünïcödé
+sleep 1
+"""
+
+
+def test_jinja_like_text_and_non_ascii_bytes_survive_the_round_trip(tmp_path):
+    (tmp_path / "tricky.rb").write_text(TRICKY)
+    summary = templatize_programs([tmp_path / "tricky.rb"], tmp_path / "t")
+    assert summary.skipped == [] and summary.templates[0].slots == 4
+    grammar = load_grammar("tricky", tmp_path / "t")
+    assert grammar.render(grammar.defaults()) == TRICKY
+    assert "{% raw %}" in (tmp_path / "t" / "tricky.rb.j2").read_text()
