@@ -170,10 +170,13 @@ def templatize_programs(sources: list[Path], out_dir: Path, min_programs: int = 
     pass (inventory, ranges, `min_programs` distinct programs, Ruby syntax of its defaults
     and of the first `min_programs` draws), and its defaults reproduce the source exactly.
     """
-    from sonicpi_gen.expand import ExpandError, check_syntax, draw_programs
+    from sonicpi_gen.expand import check_syntax
 
     inventory = inventory or load_inventory()
     out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / PROVENANCE).exists():
+        raise ValueError(f"{out_dir} exists and is not a templatize output (no {PROVENANCE}); "
+                         "choose another --out or empty it")
     paths = find_sources(sources)
     summary = TemplatizeSummary(out_dir)
     syntax = check_syntax(paths) if paths else {}
@@ -182,55 +185,37 @@ def templatize_programs(sources: list[Path], out_dir: Path, min_programs: int = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     check_dir = Path(tempfile.mkdtemp(prefix=".templatize-check-", dir=out_dir.parent))
     try:
-        outcome: dict[Path, object] = {}
-        drawn: dict[str, list[Path]] = {}
+        outcome: dict[Path, Lifted | Skipped] = {}
+        drawn: dict[str, list[Path]] = {}  # template -> its defaults and draws, for Ruby
         shapes: dict[str, str] = {}  # template text -> the template that has it
         for path in paths:
-            lifted = None
+            name = template_name(path, taken)  # taken even if skipped: names do not shift
             try:
-                code = _read_program(path, syntax)
-                lifted = lift_program(code, template_name(path, taken), path.name, inventory)
-                lifted.source = str(path)  # the full path goes to templatize.json, not the grammar
-                # Two programs that differ only in lifted literals have one template: a second
-                # grammar would draw the same programs (and one program in two templates would
-                # leak across splits that hold out whole templates).
-                if lifted.template in shapes:
-                    raise LiftError(f"it differs from {shapes[lifted.template]!r} only in lifted "
-                                    "literals: that template's grammar covers it")
-                _write_template(lifted, tmp)
-                grammar = load_grammar(lifted.name, tmp, inventory)
-                if grammar.render(grammar.defaults()) != code:
-                    raise LiftError("its defaults do not reproduce the source (a templatize bug: "
-                                    "please report the program)")
-                programs = [grammar.render(grammar.defaults())] + \
-                    [p.code for p in draw_programs(grammar, min_programs, seed=0)]
-            except (LiftError, GrammarError, ExpandError) as err:
-                reason = str(err)
-                if isinstance(err, ExpandError):
-                    reason = (f"its grammar yields fewer than {min_programs} distinct programs "
-                              f"(--min-programs): too little worth varying ({err})")
-                outcome[path] = Skipped(str(path), reason)
-                if lifted is not None:  # written, then failed a check: remove its files
-                    for suffix in (".rb.j2", ".toml"):
-                        (tmp / f"{lifted.name}{suffix}").unlink(missing_ok=True)
+                lifted, programs = _lift_checked(path, name, syntax, inventory, tmp, shapes,
+                                                 min_programs)
+            except LiftError as err:
+                outcome[path] = Skipped(str(path), str(err))
+                for suffix in (".rb.j2", ".toml"):  # written, then failed a check
+                    (tmp / f"{name}{suffix}").unlink(missing_ok=True)
                 continue
             shapes[lifted.template] = lifted.name
+            outcome[path] = lifted
             drawn[lifted.name] = []
             for k, program in enumerate(programs):
                 check_path = check_dir / lifted.name / f"{k}.rb"
                 check_path.parent.mkdir(exist_ok=True)
                 check_path.write_text(program)
                 drawn[lifted.name].append(check_path)
-            outcome[path] = lifted
+        # One Ruby process checks every template's programs.
         failed = check_syntax([p for ps in drawn.values() for p in ps]) if drawn else {}
         broken = {p.parent.name: msg for p, msg in failed.items()}
         for path in paths:
             item = outcome[path]
             if isinstance(item, Lifted) and item.name in broken:
+                for suffix in (".rb.j2", ".toml"):
+                    (tmp / f"{item.name}{suffix}").unlink()
                 item = Skipped(str(path), f"a program drawn from its grammar fails Ruby's syntax "
                                           f"check: {broken[item.name]}")
-                for suffix in (".rb.j2", ".toml"):
-                    (tmp / f"{outcome[path].name}{suffix}").unlink()
             (summary.templates if isinstance(item, Lifted) else summary.skipped).append(item)
         for skip in summary.skipped:
             logger.info("skipped %s: %s", skip.source, skip.reason)
@@ -242,14 +227,42 @@ def templatize_programs(sources: list[Path], out_dir: Path, min_programs: int = 
             "skipped": [{"source": s.source, "reason": s.reason} for s in summary.skipped],
         }
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1) + "\n")
-        if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / PROVENANCE).exists():
-            raise ValueError(f"{out_dir} exists and is not a templatize output (no {PROVENANCE}); "
-                                  "choose another --out or empty it")
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(check_dir, ignore_errors=True)
     return summary
+
+
+def _lift_checked(path: Path, name: str, syntax: dict, inventory: Inventory, folder: Path,
+                  shapes: dict, min_programs: int) -> tuple[Lifted, list[str]]:
+    """Lift one program into `folder` and check it as a hand-written template is checked;
+    return it with its defaults and first draws (for Ruby's check), or raise LiftError."""
+    from sonicpi_gen.expand import ExpandError, draw_programs
+
+    code = _read_program(path, syntax)
+    lifted = lift_program(code, name, path.name, inventory)
+    lifted.source = str(path)  # the full path goes to templatize.json, not the grammar
+    # Two programs that differ only in lifted literals have one template: a second grammar
+    # would draw the same programs (and one program in two templates would leak across
+    # splits that hold out whole templates).
+    if lifted.template in shapes:
+        raise LiftError(f"it differs from {shapes[lifted.template]!r} only in lifted literals: "
+                        "that template's grammar covers it")
+    _write_template(lifted, folder)
+    try:
+        grammar = load_grammar(name, folder, inventory)
+        defaults = grammar.render(grammar.defaults())
+        draws = [p.code for p in draw_programs(grammar, min_programs, seed=0)]
+    except GrammarError as err:
+        raise LiftError(str(err)) from err
+    except ExpandError as err:
+        raise LiftError(f"its grammar yields fewer than {min_programs} distinct programs "
+                        f"(--min-programs): too little worth varying ({err})") from err
+    if defaults != code:
+        raise LiftError("its defaults do not reproduce the source (a templatize bug: please "
+                        "report the program)")
+    return lifted, [defaults] + draws
 
 
 def _read_program(path: Path, syntax_errors: dict) -> str:
