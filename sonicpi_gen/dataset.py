@@ -34,10 +34,11 @@ import pyarrow.parquet as pq
 
 from sonicpi_gen import __version__
 from sonicpi_gen.atomic import replace_dir
+from sonicpi_gen.tutorial import TUTORIAL_LICENSE
 
 logger = logging.getLogger(__name__)
 
-CONFIGS = ("default", "unseen_templates", "families", "scenarios")
+CONFIGS = ("default", "unseen_templates", "tutorial", "families", "scenarios")
 SPLITS = ("train", "validation", "test")
 EVAL_SPLIT = "test"  # the single split of `families` and `scenarios` (evaluation sets)
 SPLIT_CUTS = (0.8, 0.9)  # cumulative: the first 80% of a template's ranking train, next 10% validation
@@ -60,6 +61,7 @@ CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "dataset_card.md"
 CONFIG_DESCRIPTIONS = {
     "default": "base programs, 80/10/10 by template (stratified), fixed by the id",
     "unseen_templates": "the same base programs; whole templates held out for validation and test",
+    "tutorial": "programs expanded from templates lifted from Sonic Pi's tutorial; whole templates held out",
     "families": "perturbation families: a base and variants differing in one parameter",
     "scenarios": "code-completion scenarios: candidates differing in one part",
 }
@@ -123,11 +125,14 @@ def held_out_templates(templates: list[str], fraction: float = HELD_OUT_FRACTION
     return {t: "validation" if i < k else "test" if i < 2 * k else "train" for i, t in enumerate(ranked)}
 
 
-def plan_rows(manifest: list[dict], configs: tuple[str, ...] = CONFIGS
+def plan_rows(manifest: list[dict], configs: tuple[str, ...] = CONFIGS,
+              tutorial_templates: frozenset = frozenset()
               ) -> list[tuple[dict, tuple[tuple[str, str], ...]]]:
     """(manifest row, its (config, split) targets) in writing order: base programs by
-    (template, id), then families and scenarios by (template, group_id, index, id).
-    Only `configs` are planned; the splits do not depend on which."""
+    (template, id), then the tutorial's, then families and scenarios by (template,
+    group_id, index, id). Base programs of `tutorial_templates` go to the `tutorial`
+    configuration only, split by whole templates as unseen_templates is. Only `configs`
+    are planned; the splits do not depend on which."""
     unknown = sorted(set(configs) - set(CONFIGS))
     if unknown or not configs:
         raise DatasetBuildError(f"unknown configurations {unknown or list(configs)}; choose among {list(CONFIGS)}")
@@ -139,6 +144,8 @@ def plan_rows(manifest: list[dict], configs: tuple[str, ...] = CONFIGS
             families.append(row)
         else:
             scenarios.append(row)
+    tutorial = {i: r for i, r in base.items() if r["template"] in tutorial_templates}
+    base = {i: r for i, r in base.items() if i not in tutorial}
     by_template = defaultdict(list)
     for row in base.values():
         by_template[row["template"]].append(row["id"])
@@ -152,6 +159,10 @@ def plan_rows(manifest: list[dict], configs: tuple[str, ...] = CONFIGS
         if held:
             targets.append(("unseen_templates", held[row["template"]]))
         plan.append((row, tuple(targets)))
+    held_tutorial = held_out_templates(sorted({r["template"] for r in tutorial.values()}))
+    for row in sorted(tutorial.values(), key=lambda r: (r["template"], r["id"])):
+        # Fewer than 3 templates cannot hold one out for each split: all train.
+        plan.append((row, (("tutorial", held_tutorial.get(row["template"], "train")),)))
     group_order = lambda r: (r["template"], r["group_id"] or "", r["index"] or 0, r["id"])  # noqa: E731
     plan += [(r, (("families", EVAL_SPLIT),)) for r in sorted(families, key=group_order)]
     plan += [(r, (("scenarios", EVAL_SPLIT),)) for r in sorted(scenarios, key=group_order)]
@@ -319,7 +330,8 @@ class DatasetSummary:
 def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, max_shard_mb: float = DEFAULT_MAX_SHARD_MB,
                   drop_clipped: bool = False, license: str = DEFAULT_LICENSE,
                   repo_id: str | None = None, card_template: Path | None = None,
-                  configs: tuple[str, ...] = CONFIGS, progress: bool = False) -> DatasetSummary:
+                  configs: tuple[str, ...] = CONFIGS, progress: bool = False,
+                  tutorial_dirs: list[Path] = ()) -> DatasetSummary:
     """Build the dataset folder from one or more renders folders (atomically).
 
     Args:
@@ -336,17 +348,30 @@ def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, max_shard_mb: float
             families, scenarios); unseen_templates repeats default's audio, so leaving it
             out halves the size of a dataset of base programs.
         progress: show a tqdm bar (clips/s).
+        tutorial_dirs: renders folders of programs expanded from templates lifted from
+            Sonic Pi's tutorial (`sonicpi-gen templatize`); their base programs make the
+            `tutorial` configuration (whole templates held out), and the card says where
+            they come from and under what licence (the tutorial's, CC BY-SA 4.0).
     """
     started = time.monotonic()
     in_dirs = [Path(d) for d in ([in_dirs] if isinstance(in_dirs, (str, Path)) else in_dirs)]
-    if not in_dirs:
+    tutorial_dirs = [Path(d) for d in tutorial_dirs]
+    if not in_dirs and not tutorial_dirs:
         raise DatasetBuildError("no renders folder given: pass at least one --in RENDERS_DIR")
     out_dir = Path(out_dir)
-    _check_out(out_dir, in_dirs)
+    _check_out(out_dir, in_dirs + tutorial_dirs)
     if max_shard_mb <= 0:
         raise DatasetBuildError(f"max_shard_mb must be positive, got {max_shard_mb}")
-    manifest, statuses = read_renders(in_dirs)
-    plan = plan_rows(manifest, tuple(configs))
+    tutorial_templates = frozenset()
+    if tutorial_dirs:
+        tutorial_templates = frozenset(r["template"] for r in read_renders(tutorial_dirs)[0])
+        clash = sorted(tutorial_templates & {r["template"] for r in read_renders(in_dirs)[0]}) \
+            if in_dirs else []
+        if clash:
+            raise DatasetBuildError(f"templates {clash} are in both --in and --tutorial-in folders; "
+                                    "a template belongs to one configuration")
+    manifest, statuses = read_renders(in_dirs + tutorial_dirs)
+    plan = plan_rows(manifest, tuple(configs), tutorial_templates)
     rates = {s["sample_rate"] for s in statuses.values() if s["status"] == "ok"}
     features = dataset_features(rates.pop() if len(rates) == 1 else None)
 
@@ -364,12 +389,13 @@ def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, max_shard_mb: float
         stats = dataset_stats(plan, reasons, included, splits, drop_clipped)
         settings = {"max_shard_mb": max_shard_mb, "drop_clipped": drop_clipped, "license": license,
                     "repo_id": repo_id, "configs": list(configs), "split_cuts": list(SPLIT_CUTS),
-                    "held_out_fraction": HELD_OUT_FRACTION}
+                    "held_out_fraction": HELD_OUT_FRACTION,
+                    "tutorial_inputs": [str(d.resolve()) for d in tutorial_dirs]}
         write_card(tmp / "README.md", card_context(stats, features, splits, settings),
                    card_template or CARD_TEMPLATE)
         wall_s = time.monotonic() - started
         provenance = {"tool": "sonicpi-gen", "tool_version": __version__, "stage": "dataset",
-                      "command": COMMAND, "inputs": [str(d.resolve()) for d in in_dirs],
+                      "command": COMMAND, "inputs": [str(d.resolve()) for d in in_dirs + tutorial_dirs],
                       "settings": settings, "sonic_pi_version": sorted(stats["versions"]["sonic_pi"]),
                       "statistics": stats, "wall_s": round(wall_s, 3),
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -431,20 +457,23 @@ def dataset_stats(plan, reasons: dict, included: dict, splits: dict, drop_clippe
         rows[config][split] = info["num_examples"]
     per_template = defaultdict(Counter)
     template_of, held_out = {}, {"validation": set(), "test": set()}
+    tutorial = {"train": set(), "validation": set(), "test": set()}
     for program, targets in plan:
         template_of[program["id"]] = program["template"]
         per_template[program["template"]]  # every template gets a line, even with no rows
         for config, split in targets:
             if config == "unseen_templates" and split != "train":
                 held_out[split].add(program["template"])
+            if config == "tutorial":
+                tutorial[split].add(program["template"])
             if program["id"] not in included:
                 continue
-            if config == "default":
+            if config in ("default", "tutorial"):
                 per_template[program["template"]][split] += 1
             elif config in ("families", "scenarios"):
                 per_template[program["template"]][config] += 1
     left_by_template = Counter(template_of[id_] for id_ in reasons)
-    columns = [s for s in SPLITS if ("default", s) in splits]
+    columns = [s for s in SPLITS if ("default", s) in splits or ("tutorial", s) in splits]
     columns += [c for c in ("families", "scenarios") if (c, EVAL_SPLIT) in splits]
     durations = [s["duration_s"] for s in included.values()]
     clipped = sum(bool(s.get("clipped")) for s in included.values()) \
@@ -462,6 +491,7 @@ def dataset_stats(plan, reasons: dict, included: dict, splits: dict, drop_clippe
                      for key, col in (("sonic_pi", "sonic_pi_version"), ("toolkit", "_toolkit"))},
         "bpm": common[0], "bars": common[1],
         "held_out": {split: sorted(names) for split, names in held_out.items()},
+        "tutorial_templates": {split: sorted(names) for split, names in tutorial.items()},
         "template_columns": columns,
         "templates": [{"name": t, "counts": {c: per_template[t][c] for c in columns},
                        "left_out": left_by_template[t]} for t in sorted(per_template)],
@@ -519,6 +549,7 @@ def card_context(stats: dict, features, splits: dict, settings: dict) -> dict:
         "cuts": [round(100 * c) for c in SPLIT_CUTS],
         "held_out_percent": round(100 * HELD_OUT_FRACTION),
         "status_reasons": LEFT_OUT_REASONS, "license": settings["license"],
+        "tutorial_license": TUTORIAL_LICENSE,
         "repo_id": settings["repo_id"] or "ORG/NAME",
         "build": {"tool_version": __version__, "max_shard_mb": settings["max_shard_mb"]},
     }

@@ -117,6 +117,21 @@ def expand_templates(out_dir: Path, n: int, seed: int = 0, templates: list[str] 
     return programs
 
 
+def expand_defaults(out_dir: Path, templates: list[str] | None = None,
+                    templates_dir: Path = TEMPLATES_DIR, check: bool = False) -> list[Program]:
+    """Write one program per template with every slot at its recorded default.
+
+    For a grammar lifted by `sonicpi-gen templatize` this is the source program, byte
+    for byte. A template with a slot without `default` (the hand-written ones) is an
+    error that names it.
+    """
+    grammars = _load(templates, templates_dir)
+    programs = [Program(g.name, 0, 0, 0, g.defaults(), g.render(g.defaults())) for g in grammars]
+    settings = {"command": "expand", "defaults": True, "templates": [g.name for g in grammars]}
+    write_programs(out_dir, programs, settings, check=check)
+    return programs
+
+
 def expand_families(out_dir: Path, params: list[str], k: int = 10, seed: int = 0,
                     templates: list[str] | None = None, templates_dir: Path = TEMPLATES_DIR,
                     check: bool = False) -> list[Program]:

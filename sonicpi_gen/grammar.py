@@ -30,7 +30,7 @@ SLOT_TYPES = ("synth", "sample", "fx", "fx_options", "note", "notes", "scale", "
 # What a slot means musically; perturbation families pick slots by role.
 ROLES = ("synth", "sample", "fx", "fx_options", "note", "melody", "scale", "chord", "octave",
          "amp", "pan", "attack", "decay", "sustain", "release", "cutoff", "res", "rate",
-         "sleep", "rhythm", "density", "seed", "other")
+         "sleep", "rhythm", "density", "seed", "bpm", "other")
 # Which musical part a slot belongs to; code-completion scenarios vary one part.
 PARTS = ("melody", "bass", "drum", "harmony", "texture", "global")
 TYPE_ROLES = {"synth": "synth", "sample": "sample", "fx": "fx", "fx_options": "fx_options",
@@ -98,6 +98,7 @@ class Slot:
     of: str | None = None  # slot (or "synth:NAME" / "fx:NAME" / "sample") the option belongs to
     fx_slot: str | None = None  # for fx_options: the fx slot it depends on
     fx_domains: dict = field(default_factory=dict)  # fx name -> {option: Domain}
+    default: object = None  # the value in the program a grammar was lifted from, if any
 
     def draw(self, rng: random.Random, chosen: dict):
         if self.type != "fx_options":
@@ -148,6 +149,15 @@ class Grammar:
                 keep = False
             params[name] = fixed[name] if keep else slot.draw(rng, params)
         return params
+
+    def defaults(self) -> dict:
+        """Every slot at its recorded `default` (for a lifted grammar: the source program)."""
+        missing = [name for name, slot in self.slots.items() if slot.default is None]
+        if missing:
+            raise GrammarError(f"template {self.name!r}: slots {missing} have no 'default'; "
+                               "--defaults needs a grammar from `sonicpi-gen templatize` or a "
+                               "`default = ...` in every slot")
+        return {name: slot.default for name, slot in self.slots.items()}
 
     def render(self, params: dict, bpm: int | None = None) -> str:
         """The program text for one parameter setting (`bpm` only for the bpm family)."""
@@ -273,7 +283,8 @@ def _parse_slot(template: str, name: str, spec: dict, earlier: dict) -> Slot:
     part = spec.get("part")
     if part not in PARTS:
         raise GrammarError(f"{where}: part {part!r} is unknown; allowed: {list(PARTS)}")
-    known = {"type", "role", "part", "choices", "min", "max", "step", "option", "of", "fx", "per_fx"}
+    known = {"type", "role", "part", "choices", "min", "max", "step", "option", "of", "fx", "per_fx",
+             "default"}
     extra = sorted(spec.keys() - known)
     if extra:
         raise GrammarError(f"{where}: unknown keys {extra}; allowed: {sorted(known)}")
@@ -288,11 +299,19 @@ def _parse_slot(template: str, name: str, spec: dict, earlier: dict) -> Slot:
                       for opt, dom_spec in options.items()}
             for fx_name, options in per_fx.items()
         }
-        return Slot(name, slot_type, role, part, None, fx_slot=fx_slot, fx_domains=fx_domains)
+        return Slot(name, slot_type, role, part, None, fx_slot=fx_slot, fx_domains=fx_domains,
+                    default=spec.get("default"))
 
     numeric = slot_type if slot_type in ("int", "float") else None
     domain = Domain.parse(where, spec, numeric)
-    return Slot(name, slot_type, role, part, domain, option=spec.get("option"), of=spec.get("of"))
+    default = spec.get("default")
+    # The default must be a value the slot can take, of the same type: 1 and 1.0 are
+    # different program text.
+    if default is not None and not any(type(v) is type(default) and v == default for v in domain.values):
+        raise GrammarError(f"{where}: default {default!r} is not one of the slot's values; "
+                           "add it to the domain or fix the default")
+    return Slot(name, slot_type, role, part, domain, option=spec.get("option"), of=spec.get("of"),
+                default=default)
 
 
 def _check_slot(template: str, slot: Slot, slots: dict, inventory: Inventory) -> None:

@@ -439,3 +439,27 @@ def test_real_render_to_dataset(tmp_path):
                                         always_2d=True)
         assert sr == expected_sr == 44100 and np.array_equal(samples, expected)
         assert samples.shape == (793800, 2)
+
+
+def test_tutorial_config_holds_out_whole_templates_and_says_its_licence(renders, tmp_path):
+    lifted = [Program(f"s{t:03d}_block_01", i, i, 0, {"note_1": 50 + i}, f"play {50 + i}\n# {t}\n")
+              for t in range(10) for i in range(3)]
+    tutorial, written = make_renders(tmp_path / "tut", lifted, failed={}, clipped=0)
+    out = tmp_path / "d"
+    result = CliRunner().invoke(main, ["dataset", "build", "--in", str(renders[0]), "--tutorial-in",
+                                       str(tutorial), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = all_rows(out, "tutorial")
+    assert sorted(r["id"] for r in rows) == sorted(written)
+    split_of = {}
+    for r in rows:
+        assert split_of.setdefault(r["template"], r["split"]) == r["split"], "a template is in one split"
+    held = held_out_templates(sorted(split_of))
+    assert split_of == held and sorted(held.values()).count("test") == 1
+    assert not {r["template"] for r in all_rows(out, "default")} & set(split_of)
+    card = (out / "README.md").read_text()
+    assert "**`tutorial`.**" in card and "CC BY-SA 4.0" in card
+    assert {c["config_name"] for c in card_yaml(out)["configs"]} >= {"default", "tutorial"}
+    clash = CliRunner().invoke(main, ["dataset", "build", "--in", str(renders[0]), "--tutorial-in",
+                                      str(renders[0]), "--out", str(tmp_path / "x")])
+    assert clash.exit_code == 1 and "are in both --in and --tutorial-in folders" in clash.output
