@@ -25,8 +25,9 @@ METRICS = ("within aligned c2a_mrr", "within aligned a2c_mrr", "within aligned c
 
 
 def _side(embeddings: str, run: str):
-    split = select_splits(read_embeddings(embeddings))
-    model, _ = load_checkpoint(run)
+    """The test rows of the dataset configuration `run` was trained on, raw and aligned."""
+    model, checkpoint = load_checkpoint(run)
+    split = select_splits(read_embeddings(embeddings), config=checkpoint["config"]["config"])
     zc, za = embed_pairs(model, *split.test)
     return split.test[0], split.test[1], zc, za, split.test_meta
 
