@@ -39,7 +39,7 @@ def test_small_real_pipeline_end_to_end(tmp_path):
                "--workers", 2, "--acceleration", 8)
     status = pq.read_table(work / "renders" / "status.parquet").to_pylist()
     assert len(status) >= 40 and {r["status"] for r in status} == {"ok"}
-    assert not stack_processes(work)
+    assert not stack_processes()
 
     out = invoke(sonicpi_gen, "dataset", "build", "--in", work / "renders", "--out", work / "dataset")
     assert "load it with" in out

@@ -47,11 +47,13 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_SERVER_UIDS: set[int] = set()
 
 
-def stack_processes(*renderers: int, include_shared: bool = False) -> list[tuple[int, str]]:
+def stack_processes(*renderers: int, include_shared: bool = False,
+                    anyone: bool = False) -> list[tuple[int, str]]:
     """Live processes of the sandboxes made by these renderer processes (default: this
-    one): every sandbox runs as a uid of its own (sandbox_uids) when the renderer is
-    root (as in CI)."""
-    uids = [sandbox_uids(pid) for pid in renderers or (os.getpid(),)]
+    one; `anyone`: any renderer on the machine, as Ray's actors are): every sandbox runs
+    as a uid of its own (sandbox_uids) when the renderer is root (as in CI)."""
+    uids = [range(SANDBOX_UID_BASE, 2**32)] if anyone else \
+        [sandbox_uids(pid) for pid in renderers or (os.getpid(),)]
     if os.geteuid() != 0:
         pytest.skip("sandboxes share the renderer's uid when it is not root")
     found = []
