@@ -141,8 +141,12 @@ def test_a_stopped_clip_does_not_sound_in_the_next_recording(server, monkeypatch
     quiet = recordings[-1]
     marker = find_marker(quiet)
     assert marker > SAMPLE_RATE  # the recorder starts a headroom before the marker
-    # all digital silence up to the marker click's first samples (below find_marker's threshold)
-    assert np.abs(quiet[:marker - int(0.002 * SAMPLE_RATE)].astype(np.int32)).max() == 0
+    # Up to the marker click's first samples (below find_marker's threshold) an idle server
+    # records digital silence; a leftover of the loud run would be near its level (above
+    # 16000). The bound is 60 dB below full scale, not zero: one 16-bit step (-90 dBFS)
+    # has been recorded there once, on a loaded CI machine.
+    before_marker = np.abs(quiet[:marker - int(0.002 * SAMPLE_RATE)].astype(np.int32))
+    assert before_marker.max() < 33, (before_marker.max(), np.flatnonzero(before_marker.max(axis=1))[:10])
     assert np.abs(recordings[-2].astype(np.int32)).max() > 16000  # the run before was loud
 
 
