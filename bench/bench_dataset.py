@@ -31,7 +31,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from renderer.render import STATUS_SCHEMA, merge_manifest, write_status_parquet  # noqa: E402
+from sonicpi_gen.folders import STATUS_SCHEMA, read_manifest, write_manifest, write_status  # noqa: E402
 from sonicpi_gen import __version__  # noqa: E402
 from sonicpi_gen.dataset import build_dataset, decode_audio, iter_rows  # noqa: E402
 from sonicpi_gen.expand import Program, write_programs  # noqa: E402
@@ -75,7 +75,7 @@ def make_renders(root: Path, clips: int, copy: bool) -> Path:
     write_programs(root / "programs", programs, {"command": "bench"})
     renders = root / "renders"
     renders.mkdir()
-    merge_manifest(root / "programs", [], renders)
+    write_manifest(renders, read_manifest(root / "programs").to_pylist())
     source = root / "clip.flac"
     data = write_clip(source)
     digest = hashlib.sha256(data).hexdigest()
@@ -93,7 +93,7 @@ def make_renders(root: Path, clips: int, copy: bool) -> Path:
             row.update(path=f"{program.template}/{program.id}.flac", duration_s=CLIP_S,
                        audio_sha256=digest)
         rows[program.id] = row
-    write_status_parquet(renders, rows)
+    write_status(renders, rows)
     (renders / "provenance.json").write_text(json.dumps({"tool_version": __version__}))
     return renders
 

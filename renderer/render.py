@@ -10,27 +10,31 @@ are retried. One render writes an output folder at a time (a lock file says whic
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
-import json
 import logging
 import os
-import shutil
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import soundfile as sf
 
-from renderer.clip import (BARS, BPM, CLIP_SECONDS, DEFAULT_MAX_FULL_SCALE, FINAL_STATUSES,
+from renderer.clip import (BPM, CLIP_SECONDS, DEFAULT_MAX_FULL_SCALE, FINAL_STATUSES,
                            TIME_KEEPING_FAILURES, ClipResult, render_clip, touches_server_state)
 from renderer.sandbox import scratch_root
 from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
+# STATUS_SCHEMA, read_status and write_status are the renders folder's contract, kept
+# importable from here for callers of the renderer.
+from sonicpi_gen.folders import (INPUT_STATUSES, MANIFEST_FILE, STATUS_JOURNAL,  # noqa: F401
+                                 STATUS_SCHEMA, append_status, make_provenance, manifest_key,
+                                 played_tempo, read_manifest, read_status, status_key,
+                                 status_row, write_atomically, write_manifest, write_provenance,
+                                 write_status)
+
+write_status_parquet = write_status  # its name before sonicpi_gen.folders
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +42,6 @@ AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
 # Servers idle between a clip's steps (waiting on Ruby, on a stopped run's fade), so
 # more servers than cores keep the CPU busy: 6 on 2 cores (see renderer.fidelity).
 DEFAULT_WORKERS = 3 * (os.cpu_count() or 1)
-# Statuses of input files that are not programs to render (status.parquet keys them by
-# their source path): text identical to another file's, or not UTF-8 text.
-INPUT_STATUSES = ("duplicate", "unreadable")
 # A server that dies twice while rendering the same program was ended by the program
 # (exit!, killing its own processes): the program's failure, not retried again.
 MAX_SERVER_DEATHS = 2
@@ -75,19 +76,6 @@ HEAVY_LOAD_PERCENT = 40.0
 SETTLING_SERVER_S = 80.0
 MAX_EXCUSED = 3
 TARGET_LOAD_PERCENT = 25.0
-
-STATUS_SCHEMA = pa.schema([
-    ("id", pa.string()), ("template", pa.string()), ("source", pa.string()),
-    ("code_sha256", pa.string()), ("status", pa.string()), ("message", pa.string()),
-    ("path", pa.string()), ("audio_sha256", pa.string()), ("duration_s", pa.float64()),
-    ("sample_rate", pa.int64()), ("bpm", pa.int64()), ("bars", pa.int64()),
-    ("peak_dbfs", pa.float64()), ("rms_dbfs", pa.float64()),
-    ("full_scale_fraction", pa.float64()), ("longest_silence_s", pa.float64()),
-    ("clipped", pa.bool_()), ("render_s", pa.float64()),
-    ("attempts", pa.int64()), ("worker", pa.int64()), ("acceleration", pa.float64()),
-    ("sonic_pi_version", pa.string()),
-])
-
 
 @dataclass(frozen=True)
 class Job:
@@ -174,10 +162,9 @@ def load_jobs(in_dir: Path) -> tuple[list[Job], list[dict]]:
     from sonicpi_gen.expand import program_id
 
     in_dir = Path(in_dir)
-    manifest = in_dir / "manifest.parquet"
-    if manifest.exists():
+    if (in_dir / MANIFEST_FILE).exists():
         jobs = {}
-        for row in pq.read_table(manifest, columns=["id", "template", "code"]).to_pylist():
+        for row in read_manifest(in_dir, ["id", "template", "code"]).to_pylist():
             jobs.setdefault(row["id"], Job(row["id"], row["template"], row["code"]))
         return list(jobs.values()), []
     files = sorted(in_dir.rglob("*.rb"))
@@ -203,15 +190,7 @@ def load_jobs(in_dir: Path) -> tuple[list[Job], list[dict]]:
 
 
 def _input_row(id: str, source: str, status: str, message: str) -> dict:
-    row = {name: None for name in STATUS_SCHEMA.names}
-    row.update(id=id, template="user", source=source, status=status, message=message)
-    return row
-
-
-def status_key(row: dict) -> str:
-    """The key of a status row: the program id, or for an input file that is not a
-    program to render (INPUT_STATUSES), its source path."""
-    return f"source:{row['source']}" if row["status"] in INPUT_STATUSES else row["id"]
+    return status_row(id=id, template="user", source=source, status=status, message=message)
 
 
 def merge_manifest(in_dir: Path, jobs: list[Job], out_dir: Path) -> None:
@@ -219,63 +198,17 @@ def merge_manifest(in_dir: Path, jobs: list[Job], out_dir: Path) -> None:
     reads only the renders folder. Rendering several programs folders (base, families,
     scenarios) into one out_dir unions their manifests; a folder of plain .rb files gets
     a manifest made from its files."""
-    from sonicpi_gen.expand import MANIFEST_SCHEMA
-
-    source = Path(in_dir) / "manifest.parquet"
-    if source.exists():
-        rows = pq.read_table(source).to_pylist()
+    if (Path(in_dir) / MANIFEST_FILE).exists():
+        rows = read_manifest(in_dir).to_pylist()
     else:
-        rows = [{**{n: None for n in MANIFEST_SCHEMA.names}, "id": j.id, "template": j.template,
-                 "index": i, "code": j.code, "params": "{}", "source": j.source}
-                for i, j in enumerate(jobs)]
-    target = Path(out_dir) / "manifest.parquet"
-    if target.exists():  # this render's rows first: a program rendered again keeps its code
-        rows = rows + pq.read_table(target).to_pylist()
+        rows = [{"id": j.id, "template": j.template, "index": i, "code": j.code, "params": "{}",
+                 "source": j.source} for i, j in enumerate(jobs)]
+    if (Path(out_dir) / MANIFEST_FILE).exists():  # this render's rows first: a program rendered again keeps its code
+        rows = rows + read_manifest(out_dir).to_pylist()
     unique = {}
     for row in rows:
-        unique.setdefault((row["id"], row["group_id"], row["family"], row["scenario"]), row)
-    tmp = target.with_name(f".manifest.parquet.tmp-{os.getpid()}")
-    pq.write_table(pa.Table.from_pylist(list(unique.values()), schema=MANIFEST_SCHEMA), tmp)
-    os.replace(tmp, target)
-
-
-def read_status(out_dir: Path) -> dict[str, dict]:
-    """Latest status row per key (see status_key): status.parquet, then the journal's
-    later lines. A journal line that is not a status row is skipped with a warning
-    (a line cut by a kill: that clip is simply rendered again)."""
-    rows = {}
-    parquet = Path(out_dir) / "status.parquet"
-    if parquet.exists():
-        rows.update({status_key(r): r for r in pq.read_table(parquet).to_pylist()})
-    journal = Path(out_dir) / "status.jsonl"
-    if journal.exists():
-        with open(journal, "rb") as lines:
-            for number, line in enumerate(lines, 1):
-                try:
-                    row = json.loads(line)
-                    rows[status_key(row)] = {name: row.get(name) for name in STATUS_SCHEMA.names}
-                except (ValueError, TypeError, KeyError, AttributeError):
-                    logger.warning("%s, line %d: not a status row, skipped (its clip is rendered "
-                                   "again if it has no other)", journal, number)
-    return rows
-
-
-def write_status_parquet(out_dir: Path, rows: dict[str, dict]) -> None:
-    """Compact the status into status.parquet (atomically) and empty the journal."""
-    table = pa.Table.from_pylist(sorted(rows.values(), key=lambda r: (r["template"], r["id"], r["source"] or "")),
-                                 schema=STATUS_SCHEMA)
-    write_atomically(Path(out_dir) / "status.parquet", lambda tmp: pq.write_table(table, tmp))
-    (Path(out_dir) / "status.jsonl").unlink(missing_ok=True)
-
-
-def write_atomically(path: Path, write) -> None:
-    """Call write(tmp) on a temporary name beside `path`, then rename it to `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        unique.setdefault(manifest_key(row), row)
+    write_manifest(out_dir, unique.values())
 
 
 def is_done(job: Job, row: dict | None, out_dir: Path) -> bool:
@@ -723,10 +656,10 @@ class _Batch:
     def finish(self, job: Job, result: ClipResult, attempts: int, factor: float, worker: int,
                version: str, render_s: float) -> None:
         """Write the clip (atomically) and append its status line."""
-        row = {name: None for name in STATUS_SCHEMA.names}
+        row = status_row(**played_tempo(job.code, CLIP_SECONDS, BPM))
         row.update(id=job.id, template=job.template, source=job.source, code_sha256=job.code_sha256,
-                   status=result.status, message=result.message, sample_rate=SAMPLE_RATE, bpm=BPM,
-                   bars=BARS, render_s=round(render_s, 3), attempts=attempts, worker=worker,
+                   status=result.status, message=result.message, sample_rate=SAMPLE_RATE,
+                   render_s=round(render_s, 3), attempts=attempts, worker=worker,
                    acceleration=float(factor), sonic_pi_version=version,
                    clipped=bool(result.status == "ok" and result.message), **result.levels)
         if result.status == "ok":
@@ -744,11 +677,10 @@ class _Batch:
                        audio_sha256=_sha256(path))
         with self.write_lock:
             try:
-                with open(self.out_dir / "status.jsonl", "a") as journal:
-                    journal.write(json.dumps(row) + "\n")
+                append_status(self.out_dir, row)
             except OSError as err:
                 _check_free_space(self.out_dir)
-                raise RenderError(f"could not append to {self.out_dir / 'status.jsonl'}: {err}") from err
+                raise RenderError(f"could not append to {self.out_dir / STATUS_JOURNAL}: {err}") from err
             self.rows[job.id] = row
             self.rendered += 1
             self.failed += result.status != "ok"
@@ -844,6 +776,9 @@ def _render_on(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_
     _remove_partial_writes(out_dir)
     merge_manifest(in_dir, jobs, out_dir)
     previous = read_status(out_dir)
+    for job in jobs:  # rows of a render before bpm and bars followed the program: refresh them
+        if job.id in previous and previous[job.id]["status"] not in INPUT_STATUSES:
+            previous[job.id].update(played_tempo(job.code, CLIP_SECONDS, BPM))
     for row in rejected:
         previous[status_key(row)] = row
     logger.info("checking the %d finished clips against their hashes",
@@ -882,7 +817,7 @@ def _render_on(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_
     finally:
         bar.close()
         with batch.write_lock:
-            write_status_parquet(out_dir, batch.rows)
+            write_status(out_dir, batch.rows)
         versions = sorted({t.version for t in threads if t.version != "unknown"})
         _write_provenance(out_dir, in_dir, factor, workers, headroom_s, max_full_scale,
                           audio_format, versions, __version__, engine.describe())
@@ -899,11 +834,9 @@ def _render_on(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_
 
 def _write_provenance(out_dir, in_dir, factor, workers, headroom_s, max_full_scale,
                       audio_format, versions, tool_version, engine: dict) -> None:
-    provenance = {"tool": "sonicpi-gen", "tool_version": tool_version, "stage": "render",
-                  "input": str(Path(in_dir).resolve()), "sonic_pi_version": versions,
-                  "acceleration": factor, "workers": workers, "headroom_s": headroom_s,
-                  "max_full_scale": max_full_scale, "audio_format": audio_format,
-                  "bpm": BPM, "bars": BARS, "sample_rate": SAMPLE_RATE, **engine,
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    write_atomically(out_dir / "provenance.json",
-                     lambda tmp: tmp.write_text(json.dumps(provenance, indent=1) + "\n"))
+    settings = {"acceleration": factor, "workers": workers, "headroom_s": headroom_s,
+                "max_full_scale": max_full_scale, "audio_format": audio_format,
+                "default_bpm": BPM, "clip_seconds": CLIP_SECONDS, "sample_rate": SAMPLE_RATE,
+                **engine}
+    write_provenance(out_dir, make_provenance("render", "sonicpi-gen render", settings,
+                                              [Path(in_dir).resolve()], versions))

@@ -16,8 +16,6 @@ sorted, so the same input gives byte-identical shards on any machine.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
 import math
 import shutil
@@ -26,14 +24,16 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sonicpi_gen import __version__
-from sonicpi_gen.atomic import replace_dir
+# decode_audio, iter_rows and shard_files are the dataset folder's readers, importable from here too.
+from sonicpi_gen.folders import (DATASET_SCHEMA, MANIFEST_SCHEMA, decode_audio,  # noqa: F401
+                                 dataset_row, is_renders_dir, iter_rows, make_provenance,
+                                 manifest_key, read_manifest, read_provenance, read_status,
+                                 replace_dir, shard_files, write_provenance)
 from sonicpi_gen.tutorial import TUTORIAL_LICENSE
 
 logger = logging.getLogger(__name__)
@@ -82,17 +82,13 @@ class DatasetBuildError(ValueError):
 
 
 def dataset_features(sample_rate: int | None = None):
-    """The datasets.Features of every configuration (audio: FLAC bytes, decoded on access)."""
-    from datasets import Audio, Features, Value
+    """The datasets.Features of every configuration: folders.DATASET_SCHEMA, the audio
+    column an Audio feature (FLAC bytes, decoded on access)."""
+    from datasets import Audio, Features
 
-    text, i64, f64 = Value("string"), Value("int64"), Value("float64")
-    return Features({
-        "id": text, "template": text, "split": text, "code": text, "params": text, "seed": i64,
-        "family": text, "scenario": text, "group_id": text, "varied": text, "prompt": text,
-        "audio": Audio(sampling_rate=sample_rate), "sample_rate": i64, "duration_s": f64,
-        "bpm": i64, "bars": i64, "audio_sha256": text, "sonic_pi_version": text,
-        "toolkit_version": text,
-    })
+    plain = Features.from_arrow_schema(DATASET_SCHEMA.remove(DATASET_SCHEMA.get_field_index("audio")))
+    return Features({name: Audio(sampling_rate=sample_rate) if name == "audio" else plain[name]
+                     for name in DATASET_SCHEMA.names})
 
 
 # --- splits: functions of the manifest alone ---------------------------------------------
@@ -177,12 +173,9 @@ def read_renders(in_dirs: list[Path]) -> tuple[list[dict], dict[str, dict]]:
     scenario)) and one status per id (an `ok` one if any folder has it, else the first).
     Each status row gains `_dir` (its renders folder) and `_toolkit` (the version that
     rendered it, from that folder's provenance.json)."""
-    from renderer.render import read_status
-    from sonicpi_gen.expand import MANIFEST_SCHEMA, read_manifest
-
     manifest, statuses = {}, {}
     for in_dir in map(Path, in_dirs):
-        if not (in_dir / "status.parquet").exists() and not (in_dir / "status.jsonl").exists():
+        if not is_renders_dir(in_dir):
             raise FileNotFoundError(f"{in_dir} has no status.parquet: not a renders folder; run "
                                     f"`sonicpi-gen render --out {in_dir}` first")
         try:
@@ -193,7 +186,7 @@ def read_renders(in_dirs: list[Path]) -> tuple[list[dict], dict[str, dict]]:
                                     "again into this folder to add it") from err
         for row in rows:
             row = {name: row.get(name) for name in MANIFEST_SCHEMA.names}
-            manifest.setdefault((row["id"], row["group_id"], row["family"], row["scenario"]), row)
+            manifest.setdefault(manifest_key(row), row)
         version = _render_tool_version(in_dir)
         for id_, status in read_status(in_dir).items():
             previous = statuses.get(id_)
@@ -206,10 +199,7 @@ def read_renders(in_dirs: list[Path]) -> tuple[list[dict], dict[str, dict]]:
 
 
 def _render_tool_version(in_dir: Path) -> str:
-    try:
-        return json.loads((in_dir / "provenance.json").read_text())["tool_version"]
-    except (FileNotFoundError, KeyError, json.JSONDecodeError):
-        return __version__
+    return read_provenance(in_dir).get("tool_version", __version__)
 
 
 def _audio_or_reason(status: dict | None, drop_clipped: bool) -> bytes | str:
@@ -227,19 +217,6 @@ def _audio_or_reason(status: dict | None, drop_clipped: bool) -> bytes | str:
     if status.get("audio_sha256") and hashlib.sha256(data).hexdigest() != status["audio_sha256"]:
         return "audio_mismatch"
     return data
-
-
-def _row(program: dict, status: dict, audio: bytes, split: str) -> dict:
-    return {
-        "id": program["id"], "template": program["template"], "split": split,
-        "code": program["code"], "params": program["params"], "seed": program["seed"],
-        "family": program["family"], "scenario": program["scenario"],
-        "group_id": program["group_id"], "varied": program["varied"], "prompt": program["prompt"],
-        "audio": {"bytes": audio, "path": status["path"]},
-        "sample_rate": status["sample_rate"], "duration_s": status["duration_s"],
-        "bpm": status["bpm"], "bars": status["bars"], "audio_sha256": status["audio_sha256"],
-        "sonic_pi_version": status["sonic_pi_version"], "toolkit_version": status["_toolkit"],
-    }
 
 
 # --- output --------------------------------------------------------------------------------
@@ -394,12 +371,9 @@ def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, max_shard_mb: float
         write_card(tmp / "README.md", card_context(stats, features, splits, settings),
                    card_template or CARD_TEMPLATE)
         wall_s = time.monotonic() - started
-        provenance = {"tool": "sonicpi-gen", "tool_version": __version__, "stage": "dataset",
-                      "command": COMMAND, "inputs": [str(d.resolve()) for d in in_dirs + tutorial_dirs],
-                      "settings": settings, "sonic_pi_version": sorted(stats["versions"]["sonic_pi"]),
-                      "statistics": stats, "wall_s": round(wall_s, 3),
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+        write_provenance(tmp, make_provenance(
+            "dataset", COMMAND, settings, [d.resolve() for d in in_dirs + tutorial_dirs],
+            stats["versions"]["sonic_pi"], statistics=stats, wall_s=round(wall_s, 3)))
         files = [out_dir / p.relative_to(tmp) for v in splits.values() for p in v["files"]]
         replace_dir(tmp, out_dir)
     finally:
@@ -441,7 +415,7 @@ def _write_shards(plan, statuses, schema, tmp, max_shard_bytes, drop_clipped, wr
                 folder = tmp / "data" / config
                 folder.mkdir(parents=True, exist_ok=True)
                 writers[config, split] = _SplitWriter(folder, split, schema, max_shard_bytes)
-            writers[config, split].add(_row(program, status, audio, split), size)
+            writers[config, split].add(dataset_row(program, status, audio, split, status["_toolkit"]), size)
     for key in list(writers):
         splits[key] = writers.pop(key).close()
     order = {(c, s): i for i, (c, s) in enumerate((c, s) for c in CONFIGS for s in SPLITS)}
@@ -490,6 +464,7 @@ def dataset_stats(plan, reasons: dict, included: dict, splits: dict, drop_clippe
         "versions": {key: dict(sorted(Counter(s[col] for s in included.values()).items()))
                      for key, col in (("sonic_pi", "sonic_pi_version"), ("toolkit", "_toolkit"))},
         "bpm": common[0], "bars": common[1],
+        "bpm_range": [min(s["bpm"] for s in included.values()), max(s["bpm"] for s in included.values())],
         "held_out": {split: sorted(names) for split, names in held_out.items()},
         "tutorial_templates": {split: sorted(names) for split, names in tutorial.items()},
         "template_columns": columns,
@@ -544,7 +519,7 @@ def card_context(stats: dict, features, splits: dict, settings: dict) -> dict:
         "front_matter": card_front_matter(features, splits, settings["license"], stats["n_clips"]),
         "pretty_name": PRETTY_NAME, "configs": configs,
         "config_names": [c["name"] for c in configs],
-        "bpm_text": f"{stats['bpm']} BPM, {stats['bars']} bars of 4/4",
+        "bpm_text": _bpm_text(stats),
         "clip_text": _clip_text(stats["durations"]),
         "cuts": [round(100 * c) for c in SPLIT_CUTS],
         "held_out_percent": round(100 * HELD_OUT_FRACTION),
@@ -553,6 +528,14 @@ def card_context(stats: dict, features, splits: dict, settings: dict) -> dict:
         "repo_id": settings["repo_id"] or "ORG/NAME",
         "build": {"tool_version": __version__, "max_shard_mb": settings["max_shard_mb"]},
     }
+
+
+def _bpm_text(stats: dict) -> str:
+    text = f"{stats['bpm']:g} BPM, {stats['bars']:g} bars of 4/4"
+    low, high = stats["bpm_range"]
+    if low != high:  # programs that set their own tempo (the bpm family)
+        text += f"; programs that set their own tempo {low:g} to {high:g} BPM"
+    return text
 
 
 def _clip_text(durations: dict) -> str:
@@ -578,10 +561,10 @@ def write_card(path: Path, context: dict, template: Path = CARD_TEMPLATE) -> Non
 # --- the output folder -----------------------------------------------------------------------
 
 def _is_dataset_dir(path: Path) -> bool:
-    try:
-        return json.loads((path / "provenance.json").read_text()).get("stage") == "dataset"
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
-        return (path / "README.md").is_file() and (path / "data").is_dir()
+    stage = read_provenance(path).get("stage")
+    if stage is not None:
+        return stage == "dataset"
+    return (path / "README.md").is_file() and (path / "data").is_dir()
 
 
 def _check_out(out_dir: Path, in_dirs: list[Path]) -> None:
@@ -597,47 +580,6 @@ def _check_out(out_dir: Path, in_dirs: list[Path]) -> None:
 
 
 # --- reading (no torchcodec) -----------------------------------------------------------------
-
-def decode_audio(example_or_bytes, dtype: str = "float32") -> tuple[np.ndarray, int]:
-    """Decode a row's audio with soundfile, without torchcodec.
-
-    Accepts a row (a dict with an "audio" key), the audio value ({"bytes", "path"}, as
-    given by a column cast to Audio(decode=False)), or the encoded bytes themselves.
-    Returns (samples of shape (frames, channels), sample_rate); dtype "int16" gives the
-    FLAC's exact integers, "float32" (default) those divided by 32768.
-    """
-    import soundfile as sf
-
-    value = example_or_bytes
-    if isinstance(value, dict) and "audio" in value:
-        value = value["audio"]
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            value = value["bytes"]
-        elif value.get("path") and Path(value["path"]).is_file():
-            value = Path(value["path"]).read_bytes()
-        else:
-            raise ValueError(f"an audio value needs 'bytes' (or the 'path' of a file that exists); "
-                             f"got keys {sorted(value)} with path {value.get('path')!r}. Was the "
-                             "audio column decoded already? Cast it with Audio(decode=False).")
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError(f"decode_audio takes a row, an audio dict or bytes, not {type(value).__name__}")
-    if not len(value):
-        raise ValueError("the audio bytes are empty; the row has no embedded audio")
-    samples, sample_rate = sf.read(io.BytesIO(bytes(value)), dtype=dtype, always_2d=True)
-    return samples, int(sample_rate)
-
-
-def shard_files(dataset_dir: Path, config: str = "default", split: str = "train") -> list[Path]:
-    """The Parquet shards of one split: data/<config>/<split>-NNNNN-of-NNNNN.parquet."""
-    files = sorted((Path(dataset_dir) / "data" / config).glob(f"{split}-*.parquet"))
-    if not files:
-        have = sorted({f"{p.parent.name}/{p.name.split('-')[0]}"
-                       for p in Path(dataset_dir).glob("data/*/*.parquet")})
-        raise FileNotFoundError(f"no shards for config {config!r}, split {split!r} in {dataset_dir}; "
-                                f"it has (config/split): {have or 'none'}")
-    return files
-
 
 def load_local(dataset_dir: Path, config: str = "default", split: str = "train",
                streaming: bool = False, cache_dir: Path | None = None):
@@ -656,12 +598,3 @@ def load_local(dataset_dir: Path, config: str = "default", split: str = "train",
     return datasets.load_dataset("parquet", data_files={split: [str(f) for f in files]}, split=split,
                                  features=features, streaming=streaming,
                                  cache_dir=str(cache_dir) if cache_dir else None)
-
-
-def iter_rows(dataset_dir: Path, config: str = "default", split: str = "train",
-              columns: list[str] | None = None) -> Iterator[dict]:
-    """Rows of one split as dicts, one Parquet row group in memory at a time (pyarrow only)."""
-    for path in shard_files(dataset_dir, config, split):
-        shard = pq.ParquetFile(path)
-        for i in range(shard.num_row_groups):
-            yield from shard.read_row_group(i, columns=columns).to_pylist()

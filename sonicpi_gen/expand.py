@@ -18,11 +18,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from sonicpi_gen import __version__
-from sonicpi_gen.atomic import replace_dir
+# MANIFEST_SCHEMA and read_manifest are the programs folder's contract, importable from here too.
+from sonicpi_gen.folders import (MANIFEST_SCHEMA, make_provenance, read_manifest,  # noqa: F401
+                                 replace_dir, write_manifest, write_provenance)
 from sonicpi_gen.grammar import TEMPLATES_DIR, Grammar, GrammarError, list_templates, load_grammar
 from sonicpi_gen.inventory import load_inventory
 
@@ -36,12 +34,6 @@ FAMILY_BPMS = (80, 90, 100, 110, 130, 140, 150, 160, 170, 180)
 FAMILY_PARAMS = ("amp", "sleep", "bpm", "synth", "cutoff", "release", "sample", "fx", "note")
 SCENARIOS = ("melody", "drum", "bass")
 
-MANIFEST_SCHEMA = pa.schema([
-    ("id", pa.string()), ("template", pa.string()), ("index", pa.int64()),
-    ("draw", pa.int64()), ("seed", pa.int64()), ("params", pa.string()), ("code", pa.string()),
-    ("family", pa.string()), ("scenario", pa.string()), ("group_id", pa.string()),
-    ("varied", pa.string()), ("prompt", pa.string()), ("source", pa.string()),
-])
 
 
 class ExpandError(ValueError):
@@ -291,16 +283,13 @@ def write_programs(out_dir: Path, programs: list[Program], settings: dict, check
                 path, msg = sorted(failed.items())[0]
                 raise GrammarError(f"{len(failed)} programs fail `ruby -c`; first: template "
                                    f"{path.parent.name!r}, program {path.stem}: {msg}")
-        rows = {name: [] for name in MANIFEST_SCHEMA.names}
-        for program in programs:
-            for name in MANIFEST_SCHEMA.names:
-                value = getattr(program, name)
-                rows[name].append(json.dumps(value, sort_keys=True) if name == "params" else value)
-        pq.write_table(pa.Table.from_pydict(rows, schema=MANIFEST_SCHEMA), tmp / "manifest.parquet")
-        provenance = {"tool": "sonicpi-gen", "tool_version": __version__,
-                      "sonic_pi_version": load_inventory().sonic_pi_version,
-                      "programs": len(programs), **settings}
-        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
+        write_manifest(tmp, ({name: json.dumps(getattr(p, name), sort_keys=True) if name == "params"
+                              else getattr(p, name) for name in MANIFEST_SCHEMA.names} for p in programs))
+        settings = dict(settings)
+        command = f"sonicpi-gen {settings.pop('command', 'expand')}"
+        write_provenance(tmp, make_provenance("expand", command, settings,
+                                              sonic_pi_version=load_inventory().sonic_pi_version,
+                                              timestamp=False, programs=len(programs)))
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -311,11 +300,3 @@ def _replace_dir(new: Path, target: Path) -> None:
         raise ExpandError(f"{target} exists and is not a programs folder (no manifest.parquet); "
                           "choose another --out or empty it")
     replace_dir(new, target)
-
-
-def read_manifest(programs_dir: Path) -> pa.Table:
-    """Read a programs folder's manifest."""
-    path = Path(programs_dir) / "manifest.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `sonicpi-gen expand --out {programs_dir}` first")
-    return pq.read_table(path)

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from sonicpi_gen import __version__
-from sonicpi_gen.atomic import replace_dir
+from sonicpi_gen.folders import make_provenance, replace_dir, write_json_atomically
 from sonicpi_gen.grammar import (AMP_MAX, ENVELOPE_MAX_BEATS, NOTE_RE, GrammarError, load_grammar)
 from sonicpi_gen.inventory import Inventory, load_inventory, violated_check
 
@@ -219,14 +218,12 @@ def templatize_programs(sources: list[Path], out_dir: Path, min_programs: int = 
             (summary.templates if isinstance(item, Lifted) else summary.skipped).append(item)
         for skip in summary.skipped:
             logger.info("skipped %s: %s", skip.source, skip.reason)
-        provenance = {
-            "tool": "sonicpi-gen", "tool_version": __version__, "command": "templatize",
-            "sonic_pi_version": inventory.sonic_pi_version, "min_programs": min_programs,
-            "sources": [str(p) for p in paths],
-            "templates": [{"name": t.name, "source": t.source, "slots": t.slots} for t in summary.templates],
-            "skipped": [{"source": s.source, "reason": s.reason} for s in summary.skipped],
-        }
-        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1) + "\n")
+        provenance = make_provenance(
+            "templatize", "sonicpi-gen templatize", {"min_programs": min_programs}, paths,
+            inventory.sonic_pi_version,
+            templates=[{"name": t.name, "source": t.source, "slots": t.slots} for t in summary.templates],
+            skipped=[{"source": s.source, "reason": s.reason} for s in summary.skipped])
+        write_json_atomically(tmp / PROVENANCE, provenance)
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from sonicpi_gen.atomic import replace_dir
+from sonicpi_gen.folders import replace_dir
 
 TUTORIAL_HTML = Path("/usr/share/doc/sonic-pi/tutorial/Sonic Pi - Tutorial.html")
 TUTORIAL_LICENSE = "CC BY-SA 4.0"

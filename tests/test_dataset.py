@@ -16,7 +16,7 @@ import soundfile as sf
 import yaml
 from click.testing import CliRunner
 
-from renderer.render import STATUS_SCHEMA, merge_manifest, write_status_parquet
+from sonicpi_gen.folders import STATUS_SCHEMA, read_manifest, write_manifest, write_status
 from sonicpi_gen import __version__
 from sonicpi_gen.cli import main
 from sonicpi_gen.dataset import (SPLITS, DatasetBuildError, build_dataset, dataset_features,
@@ -65,7 +65,7 @@ def make_renders(root: Path, programs: list[Program], failed: dict = FAILED, cli
     programs_dir, renders = root / "programs", root / "renders"
     write_programs(programs_dir, programs, {"command": "test"})
     renders.mkdir(parents=True)
-    merge_manifest(programs_dir, [], renders)
+    write_manifest(renders, read_manifest(programs_dir).to_pylist())
     unique = list({p.id: p for p in programs}.values())
     statuses = {}
     for template, kinds in failed.items():
@@ -93,7 +93,7 @@ def make_renders(root: Path, programs: list[Program], failed: dict = FAILED, cli
         else:
             row["message"] = f"{status} on line 2"
         rows[program.id] = row
-    write_status_parquet(renders, rows)
+    write_status(renders, rows)
     (renders / "provenance.json").write_text(json.dumps({"tool_version": __version__}))
     return renders, written
 

@@ -36,7 +36,8 @@ def test_manifest_rows_match_the_program_files(tmp_path):
         assert set(json.loads(row["params"])) >= {"seed"} and row["seed"] == 0
     assert [r["index"] for r in rows if r["template"] == "acid"] == [0, 1, 2]
     provenance = json.loads((tmp_path / "p" / "provenance.json").read_text())
-    assert provenance["sonic_pi_version"] == "3.2.2" and provenance["n"] == 3
+    assert provenance["sonic_pi_version"] == ["3.2.2"] and provenance["settings"]["n"] == 3
+    assert provenance["stage"] == "expand" and provenance["command"] == "sonicpi-gen expand"
 
 
 def test_first_programs_do_not_depend_on_n(tmp_path):

@@ -2,7 +2,7 @@ import hashlib
 
 from click.testing import CliRunner
 
-from renderer.render import STATUS_SCHEMA, merge_manifest, write_status_parquet
+from sonicpi_gen.folders import STATUS_SCHEMA, read_manifest, write_manifest, write_status
 from sonicpi_gen.cli import main
 from sonicpi_gen.expand import Program, write_programs
 from sonicpi_gen.slot_report import format_slot_report, report_slot_failures
@@ -17,14 +17,14 @@ def _renders(tmp_path):
     write_programs(tmp_path / "programs", programs, {"command": "test"})
     renders = tmp_path / "renders"
     renders.mkdir()
-    merge_manifest(tmp_path / "programs", [], renders)
+    write_manifest(renders, read_manifest(tmp_path / "programs").to_pylist())
     rows = {}
     for program, (_, _, status) in zip(programs, plan):
         row = {name: None for name in STATUS_SCHEMA.names}
         row.update(id=program.id, template="t", status=status,
                    code_sha256=hashlib.sha256(program.code.encode()).hexdigest())
         rows[program.id] = row
-    write_status_parquet(renders, rows)
+    write_status(renders, rows)
     return renders
 
 
