@@ -18,12 +18,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sonicpi_gen.folders import (EMBEDDING_COLUMNS, EMBEDDINGS_FILE,  # noqa: F401
+                                 EMBEDDINGS_META_COLUMNS, PROVENANCE_FILE, read_provenance)
+
 logger = logging.getLogger(__name__)
 
-EMBEDDINGS_FILE = "embeddings.parquet"
-PROVENANCE_FILE = "provenance.json"
-META_COLUMNS = ("id", "config", "split", "template", "family", "scenario", "group_id")
-EMBEDDING_COLUMNS = ("code_emb", "audio_emb")
+META_COLUMNS = EMBEDDINGS_META_COLUMNS
 SPLIT_NAMES = {  # accepted spellings -> canonical split
     "train": "train",
     "validation": "validation",
@@ -164,8 +164,7 @@ def read_embeddings(path: str | Path) -> EmbeddingTable:
             for c in META_COLUMNS
         }
     )
-    prov_file = file.parent / PROVENANCE_FILE
-    provenance = json.loads(prov_file.read_text()) if prov_file.exists() else {}
+    provenance = read_provenance(file.parent)
     source = {
         "path": str(file.parent.resolve()),
         "metadata": _decode_metadata(table.schema.metadata),

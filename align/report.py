@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from align import __version__, analysis, chance
 from align.data import read_embeddings, select_splits
 from align.evaluate import evaluate_pairs
+from sonicpi_gen.folders import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -477,9 +477,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     text = header + "\n" + "\n".join(summary) + "\n\n" + "\n".join(sections)
     for name, content in ((REPORT_FILE, text), ("report.json", json.dumps(numbers, indent=2, default=_json_default) + "\n")):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(content)
-        os.replace(tmp, out / name)
+        write_atomically(out / name, lambda tmp, content=content: tmp.write_text(content))
     logger.info("wrote %s", out / REPORT_FILE)
     return out / REPORT_FILE
 

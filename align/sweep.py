@@ -28,7 +28,6 @@ import itertools
 import json
 import logging
 import multiprocessing
-import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,6 +37,7 @@ import numpy as np
 
 from align import __version__
 from align.data import PairedSplits, read_embeddings, select_splits
+from sonicpi_gen.folders import replace_dir, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -198,15 +198,12 @@ def _save_config_best(out: Path, base: dict, rows: list[dict], data: PairedSplit
             SELECT_BY: top[SELECT_BY], "best_epoch": top["best_epoch"], "best_val_loss": top["best_val_loss"],
             "seeds": [r["seed"] for r in rows], "embeddings": source.get("path"), "version": __version__}
     (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    replace_dir(tmp, folder)
     return folder
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def run_sweep(
@@ -330,8 +327,7 @@ def run_sweep(
     tmp_best = out / f".{BEST_DIR}.tmp"
     shutil.rmtree(tmp_best, ignore_errors=True)
     shutil.copytree(best_src, tmp_best)
-    shutil.rmtree(best_dir, ignore_errors=True)
-    os.replace(tmp_best, best_dir)
+    replace_dir(tmp_best, best_dir)
     _write_atomic(out / RESULTS_JSONL, "".join(json.dumps({**r, "best": r["key"] == best["key"]}) + "\n" for r in results))
     md = (
         f"# Aligner sweep\n\n{len(configs)} configurations x {len(seed_list)} seeds, "

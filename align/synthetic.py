@@ -20,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from sonicpi_gen.folders import EMBEDDINGS_META_COLUMNS, embeddings_table, write_embeddings
 
 LATENT_DIM = 8
 NUISANCE_DIM = 16
@@ -106,7 +106,7 @@ def write_synthetic_embeddings(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     world = SyntheticWorld(dim, dim, n_templates, seed)
-    rows: dict[str, list] = {k: [] for k in ("id", "config", "split", "template", "family", "scenario", "group_id")}
+    rows: dict[str, list] = {k: [] for k in EMBEDDINGS_META_COLUMNS}
     codes, audios = [], []
 
     def add(ids, config, split, template, family, scenario, group, code, audio):
@@ -149,15 +149,7 @@ def write_synthetic_embeddings(
 
     code_all = np.concatenate(codes).astype(np.float32)
     audio_all = np.concatenate(audios).astype(np.float32)
-    table = pa.table(
-        {
-            **{k: pa.array(v, type=pa.string()) for k, v in rows.items()},
-            "code_emb": pa.FixedSizeListArray.from_arrays(pa.array(code_all.ravel()), dim).cast(pa.list_(pa.float32())),
-            "audio_emb": pa.FixedSizeListArray.from_arrays(pa.array(audio_all.ravel()), dim).cast(pa.list_(pa.float32())),
-        }
-    )
-    table = table.replace_schema_metadata(
-        {"code_model": "synthetic/code", "audio_model": "synthetic/audio", "synthetic_seed": str(seed)}
-    )
-    pq.write_table(table, out / "embeddings.parquet")
+    table = embeddings_table(rows, code_all, audio_all, {"code_model": "synthetic/code", "audio_model": "synthetic/audio",
+                                                          "synthetic_seed": str(seed)})
+    write_embeddings(out, table)
     return out

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ import torch
 from align import __version__
 from align.data import PairedSplits, read_embeddings, select_splits
 from align.model import LOSS_DIRECTIONS, MIN_TAU, Aligner, StackedMLP, check_architecture, info_nce
+from sonicpi_gen.folders import replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -495,9 +495,7 @@ def train_aligner(
             logger.info("warning: %s", warning)
         _write_json(tmp / CONFIG_FILE, config_doc)
         _write_json(tmp / SUMMARY_FILE, summary)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

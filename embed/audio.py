@@ -6,11 +6,13 @@ it runs in DataLoader workers and on machines without an accelerator or model we
 
 from __future__ import annotations
 
-import io
 import logging
 from math import gcd
 
 import numpy as np
+
+# The one decoder (soundfile, no torchcodec): (frames, channels) float32 and the rate.
+from sonicpi_gen.folders import decode_audio  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -21,20 +23,6 @@ LOGMEL_N_FFT = 2048
 LOGMEL_HOP = 512
 LOGMEL_N_MELS = 64
 LOGMEL_EPS = 1e-10  # floor inside the log, so digital silence gives log(1e-10), not -inf
-
-
-def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode encoded audio bytes (FLAC, WAV, OGG: whatever libsndfile reads).
-
-    Returns (waveform float32 of shape (frames,) or (frames, channels), sample_rate).
-    No torchcodec: the datasets Audio decoder needs it and it fails on CPU torch builds.
-    """
-    import soundfile as sf
-
-    if not data:
-        raise ValueError("audio bytes are empty; the dataset row has no embedded audio")
-    wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    return wave, int(sr)
 
 
 def to_mono(wave: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from sonicpi_gen.folders import dataset_shards
+
 logger = logging.getLogger(__name__)
 
 META_COLUMNS = ("id", "template", "split", "family", "scenario", "group_id")
@@ -120,24 +122,6 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _find_shards(root: Path) -> list[tuple[str, Path]]:
-    """(config, shard path) pairs under data/: data/<config>/*.parquet or data/*.parquet."""
-    data = root / "data" if (root / "data").is_dir() else root
-    shards = [(p.parent.name, p) for p in sorted(data.glob("*/*.parquet"))]
-    shards += [("default", p) for p in sorted(data.glob("*.parquet"))]
-    if not shards:
-        raise FileNotFoundError(
-            f"no parquet shards under '{data}': expected the dataset stage's folder "
-            f"(data/<config>/<split>-NNNNN-of-NNNNN.parquet), e.g. the output of "
-            f"`sonicpi-gen dataset build`")
-    return shards
-
-
-def _split_from_name(path: Path) -> str:
-    # "<split>-00000-of-00003.parquet" -> "<split>"
-    return path.stem.split("-")[0]
-
-
 def _rows_from_columns(cols: dict[str, list], config: str, split_default: str, source: int,
                        where: str) -> list[DatasetRow]:
     missing = [c for c in REQUIRED_COLUMNS if c not in cols and c != "audio"]
@@ -167,7 +151,7 @@ def _read_parquet_folder(root: Path, configs: Sequence[str] | None,
     rows: list[DatasetRow] = []
     sources: list[Any] = []
     shards = []
-    for config, path in _find_shards(root):
+    for config, split, path in dataset_shards(root):
         if configs and config not in configs:
             continue
         pf = pq.ParquetFile(path)
@@ -177,7 +161,7 @@ def _read_parquet_folder(root: Path, configs: Sequence[str] | None,
         wanted = [c for c in ("id", "code", *OPTIONAL_COLUMNS) if c in names]
         cols = pf.read(columns=wanted).to_pydict()
         source = len(sources)
-        shard_rows = _rows_from_columns(cols, config, _split_from_name(path), source, f"shard '{path}'")
+        shard_rows = _rows_from_columns(cols, config, split, source, f"shard '{path}'")
         shard_rows = [r for r in shard_rows if not splits or r.split in splits]
         if not shard_rows:
             continue

@@ -18,7 +18,6 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -29,6 +28,11 @@ import pyarrow.parquet as pq
 from embed.audio import decode_audio
 from embed.dataset import (AudioUnit, DatasetIndex, DatasetRow, audio_units,
                            load_audio_bytes, read_dataset_index)
+from sonicpi_gen.folders import (EMBEDDINGS_FILE, EMBEDDINGS_META_COLUMNS,  # noqa: F401
+                                 EMBEDDINGS_SCHEMA, PROVENANCE_FILE, embedding_array,
+                                 embeddings_table, make_provenance, read_embeddings,
+                                 read_provenance, write_atomically, write_embeddings,
+                                 write_json_atomically, write_provenance)
 from embed.encoders import (DEFAULT_AUDIO_BATCH, DEFAULT_AUDIO_MODEL, DEFAULT_CODE_BATCH,
                             DEFAULT_CODE_MODEL, AudioEncoder, CodeEncoder, hub_id_of,
                             load_audio_encoder, load_code_encoder, resolve_alias,
@@ -36,11 +40,11 @@ from embed.encoders import (DEFAULT_AUDIO_BATCH, DEFAULT_AUDIO_MODEL, DEFAULT_CO
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_NAME = "embeddings.parquet"
-PROVENANCE_NAME = "provenance.json"
+OUTPUT_NAME = EMBEDDINGS_FILE
+PROVENANCE_NAME = PROVENANCE_FILE
 PARTS_DIR = ".parts"
 CHECKPOINT_EVERY = 512  # items between checkpoint files: ~1 min of GPU work, little to redo
-OUTPUT_COLUMNS = ("id", "config", "split", "template", "family", "scenario", "group_id")
+OUTPUT_COLUMNS = EMBEDDINGS_META_COLUMNS
 FINGERPRINT_KEYS = ("model", "revision", "pooling", "sample_rate", "long_input", "max_length",
                     "dim", "precision")
 
@@ -87,47 +91,8 @@ def output_dir(out_dir: str | Path, code_model: str, audio_model: str) -> Path:
 # ---------------------------------------------------------------- reading and writing
 
 
-def _emb_array(vectors: Sequence[np.ndarray]) -> pa.Array:
-    if not vectors:
-        return pa.array([], type=pa.list_(pa.float32()))
-    lengths = np.array([len(v) for v in vectors], dtype=np.int32)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    flat = np.concatenate([np.asarray(v, dtype=np.float32) for v in vectors])
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.float32()))
-
-
 def _emb_matrix(column: pa.ChunkedArray) -> list[np.ndarray]:
     return [np.asarray(v, dtype=np.float32) for v in column.to_pylist()]
-
-
-def _write_atomic_table(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _write_atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_embeddings(path: str | Path) -> tuple[pa.Table, np.ndarray, np.ndarray, dict[str, str]]:
-    """Read an embeddings.parquet (or its folder).
-
-    Returns (metadata table without the embedding columns, code (n, d_code) float32,
-    audio (n, d_audio) float32, key-value metadata as str -> str).
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / OUTPUT_NAME
-    table = pq.read_table(path)
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    n = table.num_rows
-    code = np.asarray(table.column("code_emb").combine_chunks().flatten(), dtype=np.float32)
-    audio = np.asarray(table.column("audio_emb").combine_chunks().flatten(), dtype=np.float32)
-    return (table.drop_columns(["code_emb", "audio_emb"]), code.reshape(n, -1) if n else code,
-            audio.reshape(n, -1) if n else audio, meta)
 
 
 def _fingerprint(code_enc: CodeEncoder, audio_enc: AudioEncoder) -> dict[str, dict[str, Any]]:
@@ -183,7 +148,7 @@ class _Store:
             logger.warning("discarding checkpoint parts in %s made with other settings", self.parts)
             shutil.rmtree(self.parts)
         self.parts.mkdir(parents=True, exist_ok=True)
-        _write_atomic_json(fingerprint, settings)
+        write_json_atomically(settings, fingerprint, sort_keys=True)
 
     def load_parts(self, kind: str) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
@@ -198,19 +163,15 @@ class _Store:
         number = len(list(self.parts.glob(f"{kind}-*.parquet")))
         ids = sorted(vectors)
         table = pa.table({"id": pa.array(ids, pa.string()),
-                          "emb": _emb_array([vectors[i] for i in ids])})
-        _write_atomic_table(table, self.parts / f"{kind}-{number:05d}.parquet")
+                          "emb": embedding_array([vectors[i] for i in ids])})
+        write_atomically(self.parts / f"{kind}-{number:05d}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
 def _output_table(rows: Sequence[DatasetRow], vectors: dict[str, tuple[np.ndarray, np.ndarray]],
                   existing: pa.Table | None, metadata: dict[str, str]) -> pa.Table:
-    cols: dict[str, list] = {c: [getattr(r, c) for r in rows] for c in OUTPUT_COLUMNS}
-    code = [vectors[r.id][0] for r in rows]
-    audio = [vectors[r.id][1] for r in rows]
-    schema = pa.schema([(c, pa.string()) for c in OUTPUT_COLUMNS]
-                       + [("code_emb", pa.list_(pa.float32())), ("audio_emb", pa.list_(pa.float32()))])
-    new = pa.table({**{c: pa.array(v, pa.string()) for c, v in cols.items()},
-                    "code_emb": _emb_array(code), "audio_emb": _emb_array(audio)}, schema=schema)
+    cols: dict[str, list] = {c: [getattr(r, c) for r in rows] for c in EMBEDDINGS_META_COLUMNS}
+    schema = EMBEDDINGS_SCHEMA
+    new = embeddings_table(cols, [vectors[r.id][0] for r in rows], [vectors[r.id][1] for r in rows])
     table = pa.concat_tables([existing.select(schema.names).cast(schema), new]) if existing is not None else new
     order = sorted(range(table.num_rows), key=lambda i: (
         table.column("config")[i].as_py(), table.column("split")[i].as_py() or "",
@@ -466,10 +427,7 @@ def _versions() -> dict[str, str]:
 
 
 def _tool_version() -> str:
-    try:
-        from sonicpi_gen import __version__
-    except ImportError:  # the embed package used on its own
-        return "unknown"
+    from sonicpi_gen import __version__
     return __version__
 
 
@@ -639,33 +597,28 @@ def _embed_rows(dataset, index, rows, missing, store, result, folder, code_model
         "tool_version": _tool_version(), "sonic_pi_version": ",".join(sonic_pi),
     }
     table = _output_table(new_rows, known, store.existing, metadata)
-    _write_atomic_table(table, store.path)
+    write_embeddings(store.folder, table)
     result.rows = table.num_rows
-    provenance = {
-        "stage": "embed", "tool_version": _tool_version(), "sonic_pi_version": sonic_pi,
-        "seed": None, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command or " ".join(sys.argv),
-        "cwd": os.getcwd(),  # relative model folders in the record are relative to this
-        "dataset": {"source": str(dataset), "reader": index.reader, "shards": index.shards},
-        "settings": settings, "code_encoder": code_desc, "audio_encoder": audio_desc,
-        "fingerprint": fingerprint,
-        "counts": {"rows": result.rows, "new_rows": result.new_rows,
-                   "code_computed": result.code_computed,
-                   "audio_computed": result.audio_computed, "failed": len(failed)},
-        "failed": failed,
-        "timing": {"total_s": round(time.perf_counter() - start, 3),
-                   "code_s": round(result.code_seconds, 3),
-                   "audio_s": round(result.audio_seconds, 3),
-                   "clips_per_s": round(result.clips_per_s, 3),
-                   "audio_seconds_per_s": round(result.audio_seconds_per_s, 3)},
-        "versions": _versions(),
-    }
-    previous = folder / PROVENANCE_NAME
-    if previous.exists():  # a resumed run keeps a short record of the runs before it
-        old = json.loads(previous.read_text())
+    provenance = make_provenance(
+        "embed", command or " ".join(sys.argv), settings, [dataset], sonic_pi, seed=None,
+        cwd=os.getcwd(),  # relative model folders in the record are relative to this
+        dataset={"source": str(dataset), "reader": index.reader, "shards": index.shards},
+        code_encoder=code_desc, audio_encoder=audio_desc, fingerprint=fingerprint,
+        counts={"rows": result.rows, "new_rows": result.new_rows,
+                "code_computed": result.code_computed,
+                "audio_computed": result.audio_computed, "failed": len(failed)},
+        failed=failed,
+        timing={"total_s": round(time.perf_counter() - start, 3),
+                "code_s": round(result.code_seconds, 3),
+                "audio_s": round(result.audio_seconds, 3),
+                "clips_per_s": round(result.clips_per_s, 3),
+                "audio_seconds_per_s": round(result.audio_seconds_per_s, 3)},
+        versions=_versions())
+    old = read_provenance(folder)
+    if old:  # a resumed run keeps a short record of the runs before it
         provenance["history"] = old.get("history", []) + [
             {k: old.get(k) for k in ("created", "command", "counts", "timing")}]
-    _write_atomic_json(provenance, previous)
+    write_provenance(folder, provenance)
     if not failed:
         shutil.rmtree(store.parts, ignore_errors=True)
     return result
