@@ -74,6 +74,7 @@ def replace_dir(new: Path, target: Path) -> None:
     new, target = Path(new), Path(target)
     if target.exists():
         old = target.with_name(f".{target.name}.old-{new.name.rsplit('-', 1)[-1]}")
+        shutil.rmtree(old, ignore_errors=True)  # left by a run killed between the renames
         target.rename(old)
         new.rename(target)
         shutil.rmtree(old)
