@@ -464,7 +464,7 @@ def dataset_stats(plan, reasons: dict, included: dict, splits: dict, drop_clippe
         "versions": {key: dict(sorted(Counter(s[col] for s in included.values()).items()))
                      for key, col in (("sonic_pi", "sonic_pi_version"), ("toolkit", "_toolkit"))},
         "bpm": common[0], "bars": common[1],
-        "bpm_range": [min(s["bpm"] for s in included.values()), max(s["bpm"] for s in included.values())],
+        "other_bpms": sorted({s["bpm"] for s in included.values()} - {common[0]}),
         "held_out": {split: sorted(names) for split, names in held_out.items()},
         "tutorial_templates": {split: sorted(names) for split, names in tutorial.items()},
         "template_columns": columns,
@@ -532,9 +532,10 @@ def card_context(stats: dict, features, splits: dict, settings: dict) -> dict:
 
 def _bpm_text(stats: dict) -> str:
     text = f"{stats['bpm']:g} BPM, {stats['bars']:g} bars of 4/4"
-    low, high = stats["bpm_range"]
-    if low != high:  # programs that set their own tempo (the bpm family)
-        text += f"; programs that set their own tempo {low:g} to {high:g} BPM"
+    others = stats["other_bpms"]  # programs that set their own tempo (the bpm family)
+    if others:
+        tempi = f"{others[0]:g}" if len(others) == 1 else f"{others[0]:g} to {others[-1]:g}"
+        text += f"; {tempi} BPM where the program sets its own tempo"
     return text
 
 

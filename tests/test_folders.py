@@ -284,3 +284,18 @@ def test_a_bpm_family_row_gets_the_tempo_its_code_plays(tmp_path):
     assert (by_bpm[80.0]["bars"], by_bpm[120.0]["bars"]) == (6.0, 9.0)
     assert sorted((r["attempts"], r["acceleration"]) for r in rows.values()) == [
         (1, 8.0), (2, 4.0), (3, 8.0 / 3), (4, 2.0)]
+
+
+@pytest.mark.parametrize("bpms, text", [
+    ([120.0, 120.0], "120 BPM, 9 bars of 4/4"),
+    ([120.0, 80.0, 120.0, 90.0], "120 BPM, 9 bars of 4/4; 80 to 90 BPM where the program sets its own tempo"),
+    ([120.0, 130.0, 120.0], "120 BPM, 9 bars of 4/4; 130 BPM where the program sets its own tempo"),
+])
+def test_the_card_names_the_common_tempo_and_the_others(bpms, text):
+    from sonicpi_gen.dataset import _bpm_text, dataset_stats
+
+    included = {f"i{k}": {"bpm": b, "bars": 18 * b / 240, "duration_s": 18.0, "sonic_pi_version": "3.2.2",
+                          "_toolkit": __version__} for k, b in enumerate(bpms)}
+    plan = [({"id": i, "template": "t"}, (("families", "test"),)) for i in included]
+    stats = dataset_stats(plan, {}, included, {("families", "test"): {"num_examples": len(bpms)}}, False)
+    assert _bpm_text(stats) == text
