@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from sonicpi_gen import folders
 from sonicpi_gen.folders import (EMBEDDING_COLUMNS, EMBEDDINGS_FILE,  # noqa: F401
                                  EMBEDDINGS_META_COLUMNS, PROVENANCE_FILE, read_provenance)
 
@@ -123,19 +122,6 @@ def _decode_metadata(raw: dict | None) -> dict:
     return out
 
 
-def _list_column_to_matrix(col: pa.ChunkedArray, name: str, path: Path) -> np.ndarray:
-    col = col.combine_chunks()
-    if col.null_count:
-        raise ValueError(f"{path}: column {name!r} has {col.null_count} null rows; every pair needs both embeddings")
-    n = len(col)
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    if n == 0:
-        return flat.reshape(0, 0)
-    if flat.size % n:
-        raise ValueError(f"{path}: column {name!r} has rows of different lengths; expected one fixed dimension")
-    return flat.reshape(n, flat.size // n)
-
-
 def read_embeddings(path: str | Path) -> EmbeddingTable:
     """Read ``<path>/embeddings.parquet`` (or a parquet file given directly).
 
@@ -147,17 +133,7 @@ def read_embeddings(path: str | Path) -> EmbeddingTable:
     """
     path = Path(path)
     file = path / EMBEDDINGS_FILE if path.is_dir() else path
-    if not file.exists():
-        raise FileNotFoundError(
-            f"no {EMBEDDINGS_FILE} in {path}; pass the folder written by `sonicpi-gen embed` "
-            f"(embeddings/<code-model>__<audio-model>/)"
-        )
-    table = pq.read_table(file)
-    missing = [c for c in ("id", "split", *EMBEDDING_COLUMNS) if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{file}: missing column(s) {missing}; found {table.column_names}")
-    code = _list_column_to_matrix(table.column("code_emb"), "code_emb", file)
-    audio = _list_column_to_matrix(table.column("audio_emb"), "audio_emb", file)
+    table, code, audio, metadata = folders.read_embeddings(path)
     meta = pd.DataFrame(
         {
             c: (table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows)
@@ -167,7 +143,7 @@ def read_embeddings(path: str | Path) -> EmbeddingTable:
     provenance = read_provenance(file.parent)
     source = {
         "path": str(file.parent.resolve()),
-        "metadata": _decode_metadata(table.schema.metadata),
+        "metadata": _decode_metadata(metadata),
         "provenance": provenance,
     }
     logger.info("read %d pairs (code %s, audio %s) from %s", len(meta), code.shape[1:], audio.shape[1:], file)

@@ -379,19 +379,38 @@ def write_embeddings(folder: Path, table: pa.Table) -> Path:
     return path
 
 
+def _embedding_matrix(column: pa.ChunkedArray, name: str, path: Path) -> np.ndarray:
+    column = column.combine_chunks()
+    if column.null_count:
+        raise ValueError(f"{path}: column {name!r} has {column.null_count} null rows; every pair needs both embeddings")
+    n = len(column)
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if n == 0:
+        return flat.reshape(0, 0)
+    if flat.size % n:
+        raise ValueError(f"{path}: column {name!r} has rows of different lengths; expected one fixed dimension")
+    return flat.reshape(n, flat.size // n)
+
+
 def read_embeddings(path: str | Path) -> tuple[pa.Table, np.ndarray, np.ndarray, dict[str, str]]:
     """Read an embeddings.parquet (or its folder).
 
     Returns (metadata table without the embedding columns, code (n, d_code) float32,
     audio (n, d_audio) float32, key-value metadata as str -> str).
+    Raises FileNotFoundError when the file is missing, ValueError naming a missing
+    column, null embeddings or rows of different lengths.
     """
     path = Path(path)
-    if path.is_dir():
-        path = path / EMBEDDINGS_FILE
-    table = pq.read_table(path)
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    n = table.num_rows
-    code = np.asarray(table.column("code_emb").combine_chunks().flatten(), dtype=np.float32)
-    audio = np.asarray(table.column("audio_emb").combine_chunks().flatten(), dtype=np.float32)
-    return (table.drop_columns(list(EMBEDDING_COLUMNS)), code.reshape(n, -1) if n else code,
-            audio.reshape(n, -1) if n else audio, meta)
+    file = path / EMBEDDINGS_FILE if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"no {EMBEDDINGS_FILE} in {path}; pass the folder written by "
+                                "`sonicpi-gen embed` (embeddings/<code-model>__<audio-model>/)")
+    table = pq.read_table(file)
+    missing = [c for c in ("id", "split", *EMBEDDING_COLUMNS) if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{file}: missing column(s) {missing}; found {table.column_names}")
+    meta = {k.decode(errors="replace"): v.decode(errors="replace")
+            for k, v in (table.schema.metadata or {}).items()}
+    code = _embedding_matrix(table.column("code_emb"), "code_emb", file)
+    audio = _embedding_matrix(table.column("audio_emb"), "audio_emb", file)
+    return table.drop_columns(list(EMBEDDING_COLUMNS)), code, audio, meta

@@ -299,3 +299,16 @@ def test_the_card_names_the_common_tempo_and_the_others(bpms, text):
     plan = [({"id": i, "template": "t"}, (("families", "test"),)) for i in included]
     stats = dataset_stats(plan, {}, included, {("families", "test"): {"num_examples": len(bpms)}}, False)
     assert _bpm_text(stats) == text
+
+
+def test_embeddings_reader_names_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no embeddings.parquet in .*pass the folder written by"):
+        read_embeddings(tmp_path)
+    pq.write_table(pa.table({"id": ["a"], "code_emb": [[1.0]]}), tmp_path / "embeddings.parquet")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['split', 'audio_emb'\]"):
+        read_embeddings(tmp_path)
+    ragged = embeddings_table({"id": ["a", "b"], "split": ["train", "test"]},
+                              [np.ones(2), np.ones(1)], [np.ones(3), np.ones(3)])
+    write_embeddings(tmp_path, ragged)
+    with pytest.raises(ValueError, match="'code_emb' has rows of different lengths"):
+        read_embeddings(tmp_path)
