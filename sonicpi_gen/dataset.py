@@ -1,5 +1,7 @@
 """Renders folders to a Hugging Face dataset folder (`build_dataset`), and readers that
-need no torchcodec (`decode_audio`, `load_local`, `iter_rows`).
+need no torchcodec (`load_local`; `decode_audio` and `iter_rows` are sonicpi_gen.folders',
+importable from here too). The renders folder is read through sonicpi_gen.folders, never
+through the renderer.
 
 Output (docs/contracts.md, docs/dataset.md):
 
