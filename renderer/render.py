@@ -30,7 +30,7 @@ from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
 # importable from here for callers of the renderer.
 from sonicpi_gen.folders import (INPUT_STATUSES, MANIFEST_FILE, STATUS_JOURNAL,  # noqa: F401
                                  STATUS_SCHEMA, append_status, make_provenance, manifest_key,
-                                 played_tempo, read_manifest, read_status, status_key,
+                                 played_tempo, program_id, read_manifest, read_status, status_key,
                                  status_row, write_atomically, write_manifest, write_provenance,
                                  write_status)
 
@@ -159,8 +159,6 @@ def load_jobs(in_dir: Path) -> tuple[list[Job], list[dict]]:
     Also returns a status row for each input file that is not a program to render: a
     file whose text is another file's (it is rendered once, under the first file's
     source), or one that is not UTF-8 text."""
-    from sonicpi_gen.expand import program_id
-
     in_dir = Path(in_dir)
     if (in_dir / MANIFEST_FILE).exists():
         jobs = {}

@@ -8,7 +8,6 @@ grammar inventory and the seed: the same seed gives the same bytes on any machin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -18,9 +17,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# MANIFEST_SCHEMA and read_manifest are the programs folder's contract, importable from here too.
-from sonicpi_gen.folders import (MANIFEST_SCHEMA, make_provenance, read_manifest,  # noqa: F401
-                                 replace_dir, write_manifest, write_provenance)
+# MANIFEST_SCHEMA, program_id and read_manifest are the programs folder's contract, importable from here too.
+from sonicpi_gen.folders import (MANIFEST_SCHEMA, make_provenance, program_id,  # noqa: F401
+                                 read_manifest, replace_dir, write_manifest, write_provenance)
 from sonicpi_gen.grammar import TEMPLATES_DIR, Grammar, GrammarError, list_templates, load_grammar
 from sonicpi_gen.inventory import load_inventory
 
@@ -58,11 +57,6 @@ class Program:
 
     def __post_init__(self):
         self.id = program_id(self.code)
-
-
-def program_id(code: str) -> str:
-    """Content-derived id: the first 16 hex digits of sha256 of the program text."""
-    return hashlib.sha256(code.encode()).hexdigest()[:16]
 
 
 def _rng(*parts) -> random.Random:

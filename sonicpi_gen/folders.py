@@ -18,6 +18,7 @@ it is computed.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -136,6 +137,11 @@ MANIFEST_SCHEMA = pa.schema([
     ("family", pa.string()), ("scenario", pa.string()), ("group_id", pa.string()),
     ("varied", pa.string()), ("prompt", pa.string()), ("source", pa.string()),
 ])
+
+
+def program_id(code: str) -> str:
+    """Content-derived id: the first 16 hex digits of sha256 of the program text (UTF-8)."""
+    return hashlib.sha256(code.encode()).hexdigest()[:16]
 
 
 def manifest_key(row: dict) -> tuple:

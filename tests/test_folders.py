@@ -52,6 +52,8 @@ def test_a_folder_reader_imports_no_other_stage(statement, forbidden):
     ("sonicpi_gen/dataset.py", ("renderer", "embed", "align")),
     ("embed/dataset.py", ("renderer", "align", "sonicpi_gen.dataset")),
     ("align/data.py", ("renderer", "embed", "sonicpi_gen.dataset")),
+    ("renderer/render.py", ("sonicpi_gen.expand", "sonicpi_gen.dataset", "embed", "align")),
+    ("embed/pipeline.py", ("renderer", "align", "sonicpi_gen.dataset")),
 ])
 def test_no_import_statement_names_another_stage(module, forbidden):
     """Also the imports inside functions, which the subprocess probe does not run."""
