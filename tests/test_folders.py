@@ -314,3 +314,33 @@ def test_embeddings_reader_names_what_is_wrong(tmp_path):
     write_embeddings(tmp_path, ragged)
     with pytest.raises(ValueError, match="'code_emb' has rows of different lengths"):
         read_embeddings(tmp_path)
+
+
+def test_rendering_again_refreshes_the_tempo_of_rows_from_older_renders(tmp_path):
+    """All clips done, so no server starts: the rerun only rewrites status and provenance."""
+    import hashlib
+
+    from renderer.render import render_programs
+    from sonicpi_gen.expand import expand_families
+
+    programs = expand_families(tmp_path / "programs", ["bpm"], k=1, seed=1, templates=["acid"])
+    renders = tmp_path / "renders"
+    rows = {}
+    for i, program in enumerate(programs):
+        flac, _ = _flac(i)
+        path = renders / program.template / f"{program.id}.flac"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(flac)
+        rows[program.id] = status_row(  # as an older render wrote it: 120 and 9 on every row
+            id=program.id, template=program.template, status="ok", bpm=120, bars=9,
+            code_sha256=hashlib.sha256(program.code.encode()).hexdigest(), path=str(path.relative_to(renders)),
+            audio_sha256=hashlib.sha256(flac).hexdigest(), attempts=1, acceleration=8.0)
+    write_status(renders, rows)
+    summary = render_programs(tmp_path / "programs", renders, workers=1, acceleration=8, progress=False)
+    assert summary.rendered == 0 and summary.skipped == 2
+    tempo = {r["bpm"]: r["bars"] for r in read_status(renders).values()}
+    assert tempo == {80.0: 6.0, 120.0: 9.0}
+    provenance = read_provenance(renders)
+    assert list(provenance)[:len(PROVENANCE_KEYS)] == list(PROVENANCE_KEYS)
+    assert provenance["stage"] == "render" and provenance["settings"]["default_bpm"] == 120
+    assert provenance["inputs"] == [str((tmp_path / "programs").resolve())]
