@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from sonicpi_gen.folders import dataset_shards
+from sonicpi_gen.folders import EMBEDDINGS_META_COLUMNS, dataset_shards
 
 logger = logging.getLogger(__name__)
 
-META_COLUMNS = ("id", "template", "split", "family", "scenario", "group_id")
 REQUIRED_COLUMNS = ("id", "code", "audio")
-OPTIONAL_COLUMNS = ("template", "split", "family", "scenario", "group_id", "sonic_pi_version")
+# Dataset columns carried into embeddings.parquet as they are: folders.EMBEDDINGS_META_COLUMNS
+# but the row's own id, config and split, so a column added there needs no change here.
+CARRIED_COLUMNS = tuple(c for c in EMBEDDINGS_META_COLUMNS if c not in ("id", "config", "split"))
+OPTIONAL_COLUMNS = ("split", *CARRIED_COLUMNS, "sonic_pi_version")
 HUB_UNIT_ROWS = 64  # rows per work unit for Hub datasets (no row groups to follow)
 
 
@@ -34,14 +36,22 @@ class DatasetRow:
     config: str
     split: str
     id: str
-    template: str | None
-    family: str | None
-    scenario: str | None
-    group_id: str | None
     code: str
     source: int  # index into DatasetIndex.sources
     position: int  # row number inside that source
     sonic_pi_version: str | None = None
+    carried: dict = field(default_factory=dict)  # CARRIED_COLUMNS -> value (template, family, ...)
+
+    def __getattr__(self, name: str):
+        # row.template, row.family, ...: the carried columns read as attributes too
+        carried = self.__dict__.get("carried")
+        if carried is not None and name in carried:
+            return carried[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def column(self, name: str) -> str | None:
+        """The value of an embeddings.parquet meta column (EMBEDDINGS_META_COLUMNS)."""
+        return getattr(self, name) if name in ("id", "config", "split") else self.carried.get(name)
 
 
 @dataclass
@@ -135,11 +145,8 @@ def _rows_from_columns(cols: dict[str, list], config: str, split_default: str, s
     for i in range(n):
         rows.append(DatasetRow(
             config=config, split=_text(cols.get("split", none)[i]) or split_default,
-            id=str(cols["id"][i]), template=_text(cols.get("template", none)[i]),
-            family=_text(cols.get("family", none)[i]),
-            scenario=_text(cols.get("scenario", none)[i]),
-            group_id=_text(cols.get("group_id", none)[i]), code=str(cols["code"][i] or ""),
-            source=source, position=i,
+            id=str(cols["id"][i]), code=str(cols["code"][i] or ""), source=source, position=i,
+            carried={c: _text(cols.get(c, none)[i]) for c in CARRIED_COLUMNS},
             sonic_pi_version=_text(cols.get("sonic_pi_version", none)[i])))
     return rows
 

@@ -169,7 +169,7 @@ class _Store:
 
 def _output_table(rows: Sequence[DatasetRow], vectors: dict[str, tuple[np.ndarray, np.ndarray]],
                   existing: pa.Table | None, metadata: dict[str, str]) -> pa.Table:
-    cols: dict[str, list] = {c: [getattr(r, c) for r in rows] for c in EMBEDDINGS_META_COLUMNS}
+    cols: dict[str, list] = {c: [r.column(c) for r in rows] for c in EMBEDDINGS_META_COLUMNS}
     schema = EMBEDDINGS_SCHEMA
     new = embeddings_table(cols, [vectors[r.id][0] for r in rows], [vectors[r.id][1] for r in rows])
     table = pa.concat_tables([existing.select(schema.names).cast(schema), new]) if existing is not None else new
