@@ -344,3 +344,15 @@ def test_rendering_again_refreshes_the_tempo_of_rows_from_older_renders(tmp_path
     assert list(provenance)[:len(PROVENANCE_KEYS)] == list(PROVENANCE_KEYS)
     assert provenance["stage"] == "render" and provenance["settings"]["default_bpm"] == 120
     assert provenance["inputs"] == [str((tmp_path / "programs").resolve())]
+
+
+def test_a_status_column_added_to_the_dataset_schema_reaches_the_rows(monkeypatch, tmp_path):
+    """Adding a dataset column is one line in DATASET_SCHEMA: the row takes it by name."""
+    from sonicpi_gen import dataset
+
+    schema = DATASET_SCHEMA.append(pa.field("render_s", pa.float64()))
+    monkeypatch.setattr(folders, "DATASET_SCHEMA", schema)
+    monkeypatch.setattr(dataset, "DATASET_SCHEMA", schema)
+    row = dataset_row(_manifest_rows()[0], _status_rows()[0], b"fLaC", "train", __version__)
+    assert row["render_s"] == 3.25 and list(row) == schema.names
+    assert dataset.dataset_features()["render_s"].dtype == "float64"
