@@ -122,11 +122,12 @@ def write_provenance(folder: Path, record: dict) -> None:
 
 
 def read_provenance(folder: Path) -> dict:
-    """folder/provenance.json, or {} when it is missing or not JSON."""
+    """folder/provenance.json, or {} when it is missing or not a JSON object."""
     try:
-        return json.loads((Path(folder) / PROVENANCE_FILE).read_text())
+        record = json.loads((Path(folder) / PROVENANCE_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 # --- programs/ -------------------------------------------------------------------------------
