@@ -206,8 +206,12 @@ def expand_scenarios(out_dir: Path, scenarios: list[str], k: int = 10, seed: int
     grammars = _load(templates, templates_dir)
     for scenario in scenarios:
         if not any(s.part == scenario for g in grammars for s in g.slots.values()):
+            having = sorted({g.name for g in _load(None, templates_dir)
+                             for s in g.slots.values() if s.part == scenario})
             raise ExpandError(f"no template among {[g.name for g in grammars]} has slots of part "
-                              f"{scenario!r}: nothing to complete for the {scenario} scenario")
+                              f"{scenario!r}: nothing to complete for the {scenario} scenario; "
+                              f"leave it out of --scenarios, or add a template that has such "
+                              f"slots ({', '.join(having) or 'none in ' + str(templates_dir)})")
     for grammar in grammars:
         base = draw_programs(grammar, 1, seed)[0]
         for scenario in scenarios:
