@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from align import __version__
+from align.config import DEFAULT_DEVICE
 from align.data import PairedSplits, read_embeddings, select_splits
 
 logger = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ def run_sweep(
     grid: dict[str, list] | None = None,
     seeds: int | list[int] = N_SEEDS,
     base: dict | None = None,
-    device: str | None = "cpu",
+    device: str | None = DEFAULT_DEVICE,
     workers: int = 0,
     threads: int | None = None,
     data: PairedSplits | None = None,
