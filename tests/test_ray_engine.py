@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -313,15 +314,13 @@ def test_embed_on_ray_writes_the_local_embeddings_and_resumes(cluster, dataset, 
                                                               code_model, audio_model):
     import numpy as np
 
-    from embed import embed_dataset
-    local = embed_dataset(dataset, tmp_path / "local", str(code_model), str(audio_model),
-                          num_workers=0, progress=False)
-    first = embed_dataset(dataset, tmp_path / "ray", str(code_model), str(audio_model), limit=2,
-                          progress=False, engine="ray", address=cluster.address, actors=2)
+    from embed import EmbedSettings, embed_dataset
+    models = EmbedSettings(code_model=str(code_model), audio_model=str(audio_model))
+    local = embed_dataset(dataset, tmp_path / "local", replace(models, num_workers=0), progress=False)
+    on_ray = replace(models, engine="ray", address=cluster.address, actors=2)
+    first = embed_dataset(dataset, tmp_path / "ray", replace(on_ray, limit=2), progress=False)
     assert first.rows == 2 and first.audio_computed == 2
-    second = embed_dataset(dataset, tmp_path / "ray", str(code_model), str(audio_model),
-                           progress=False, engine="ray", address=cluster.address, actors=2,
-                           checkpoint_every=2)
+    second = embed_dataset(dataset, tmp_path / "ray", replace(on_ray, checkpoint_every=2), progress=False)
     # resumed: d4 and a1 were done; b2, c3, e5 new; scenarios/a1 reuses a1's vectors
     assert second.rows == 6 and second.new_rows == 4 and not second.failed
     assert second.code_computed == 3 and second.audio_computed == 3
