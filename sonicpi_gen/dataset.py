@@ -327,9 +327,9 @@ class DatasetSummary:
         return self.clips / self.wall_s if self.wall_s else 0.0
 
 
-def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, max_shard_mb: float = DEFAULT_MAX_SHARD_MB,
-                  drop_clipped: bool = False, license: str = DEFAULT_LICENSE,
-                  repo_id: str | None = None, card_template: Path | None = None,
+def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, *,
+                  max_shard_mb: float = DEFAULT_MAX_SHARD_MB, drop_clipped: bool = False,
+                  license: str = DEFAULT_LICENSE, repo_id: str | None = None, card_template: Path | None = None,
                   configs: tuple[str, ...] = CONFIGS, progress: bool = False,
                   tutorial_dirs: list[Path] = ()) -> DatasetSummary:
     """Build the dataset folder from one or more renders folders (atomically).

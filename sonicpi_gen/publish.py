@@ -51,7 +51,7 @@ def list_upload_files(dataset_dir: Path) -> list[tuple[str, int]]:
     return files
 
 
-def publish_dataset(dataset_dir: Path, repo_id: str, private: bool = False, dry_run: bool = False,
+def publish_dataset(dataset_dir: Path, repo_id: str, *, private: bool = False, dry_run: bool = False,
                     token: str | None = None) -> PublishResult:
     """Create the Hub dataset repository (if needed) and upload the folder to it.
 
