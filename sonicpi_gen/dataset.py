@@ -611,8 +611,8 @@ def _tempo_text(bpm: dict, bars: dict) -> str:
         if len(known) == 1:
             return f"{top:g} {unit}"
         rest = sorted(v for v in known if v != top)
-        return (f"{top:g} {unit} for {known[top]} clips, {rest[0]:g}-{rest[-1]:g} for the "
-                f"other {sum(known.values()) - known[top]}")
+        others = f"{rest[0]:g}" if len(rest) == 1 else f"{rest[0]:g}-{rest[-1]:g}"
+        return f"{top:g} {unit} for {known[top]} clips, {others} for the other {sum(known.values()) - known[top]}"
     return f"{spread(bpm, 'BPM')}; {spread(bars, 'bars of 4/4')}"
 
 
