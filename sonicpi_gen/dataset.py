@@ -347,11 +347,13 @@ def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, max_shard_mb: float
             clip larger than that gets a shard of its own.
         drop_clipped: leave out clips the render flagged clipped (they are counted either way).
         license: the card's licence id (Hub vocabulary: mit, cc-by-4.0, ...).
-        repo_id: the Hub id shown in the card's usage section (ORG/NAME when None).
+        repo_id: the Hub id in the card's examples and citation; None leaves ORG/NAME and
+            a paragraph saying so (`publish_dataset` writes the id in before uploading).
         card_template: the Jinja2 card template (default: the repository's dataset_card.md).
         configs: the configurations to write (default all: default, unseen_templates,
-            families, scenarios); unseen_templates repeats default's audio, so leaving it
-            out halves the size of a dataset of base programs.
+            tutorial, families, scenarios); unseen_templates repeats default's audio, so
+            leaving it out halves the size of a dataset of base programs (the card states
+            its size and how to rebuild its splits from default).
         progress: show a tqdm bar (clips/s).
         tutorial_dirs: renders folders of programs expanded from templates lifted from
             Sonic Pi's tutorial (`sonicpi-gen templatize`); their base programs make the

@@ -177,6 +177,7 @@ def test_tutorial_rows_add_their_licence_to_the_front_matter(renders, tmp_path):
     licences = card[card.index("## Licences"):card.index("## Citation")]
     assert "**`tutorial` rows** (code and audio): CC BY-SA 4.0" in licences
     assert "130 of the\n  package's 165 sample files one by one as **CC0**" in licences
+    assert "Copyright 2016 Samuel Aaron\n\nPermission is hereby granted" in licences  # MIT's notice goes along
 
 
 def test_citation_cff_is_cff_1_2_0_with_the_study_by_full_names():
