@@ -540,7 +540,9 @@ def card_front_matter(features, splits: dict, license: str, n_examples: int) -> 
     from huggingface_hub import DatasetCardData
 
     configs = [c for c in CONFIGS if any(key[0] == c for key in splits)]
-    licenses = [license] + ([TUTORIAL_LICENSE_ID] if "tutorial" in configs and license != TUTORIAL_LICENSE_ID else [])
+    licenses = [license]
+    if "tutorial" in configs and license != TUTORIAL_LICENSE_ID:  # its rows carry the tutorial's
+        licenses.append(TUTORIAL_LICENSE_ID)
     card = DatasetCardData(license=licenses if len(licenses) > 1 else license,
                            task_categories=TASK_CATEGORIES, tags=TAGS,
                            size_categories=[size_category(n_examples)], pretty_name=PRETTY_NAME)
@@ -614,7 +616,8 @@ def _tempo_text(bpm: dict, bars: dict) -> str:
             return f"{top:g} {unit}"
         rest = sorted(v for v in known if v != top)
         others = f"{rest[0]:g}" if len(rest) == 1 else f"{rest[0]:g}-{rest[-1]:g}"
-        return f"{top:g} {unit} for {known[top]} clips, {others} for the other {sum(known.values()) - known[top]}"
+        n_others = sum(known.values()) - known[top]
+        return f"{top:g} {unit} for {known[top]} clips, {others} for the other {n_others}"
     return f"{spread(bpm, 'BPM')}; {spread(bars, 'bars of 4/4')}"
 
 

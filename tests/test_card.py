@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -41,16 +41,20 @@ def shard_bytes(out: Path, config: str) -> int:
     return sum(p.stat().st_size for p in (out / "data" / config).glob("*.parquet"))
 
 
+SLOW = Program("alpha", 99, 99, 0, {"note": 61}, "# alpha\nuse_bpm 80\nplay 61\nsleep 1\n")
+
+
 @pytest.fixture(scope="module")
 def renders(tmp_path_factory):
-    """The test_dataset renders, with some clips rendered slower and retried, one at 80 BPM."""
-    folder, written = make_renders(tmp_path_factory.mktemp("r"), _programs())
+    """The test_dataset renders, with some clips rendered slower and retried, and one more
+    base program that plays at 80 BPM (18 s = 6 bars; its status says so too)."""
+    folder, written = make_renders(tmp_path_factory.mktemp("r"), [SLOW] + _programs())
     status = read_status(folder)
-    ok = sorted(i for i, s in status.items() if s["status"] == "ok")
+    ok = sorted(i for i, s in status.items() if s["status"] == "ok" and i != SLOW.id)
     status[ok[0]].update(acceleration=4.0, attempts=3)
     status[ok[1]].update(acceleration=1.0, attempts=5)
     status[ok[2]].update(attempts=2)
-    status[ok[3]].update(bpm=80, bars=6)
+    status[SLOW.id].update(bpm=80, bars=6)
     write_status_parquet(folder, status)
     return folder, written
 
@@ -117,7 +121,14 @@ def test_the_card_counts_factors_attempts_and_tempos_of_the_clips(cards):
     assert "| 1 | %d |" % (n_clips - 3) in card
     assert all(f"| {a} | 1 |" in card for a in (2, 3, 5))
     assert f"{n_clips - 2} of {n_clips} clips on a clock accelerated x8, the others at other factors" in card
-    assert f"120 BPM for {n_clips - 1} clips, 80 for the other 1; 9 bars of 4/4 for {n_clips - 1} clips, 6 for the other 1" in card
+    assert f"(120 BPM for {n_clips - 1} clips, 80 for the other 1; " in card
+    # bars as the rows have them (whoever sets the column), in the card's words
+    rows = {r["id"]: r for c in ("default", "families", "scenarios") for split in SPLITS
+            if list((cards["named"] / "data" / c).glob(f"{split}-*"))
+            for r in iter_rows(cards["named"], c, split, ["id", "bpm", "bars"])}
+    assert len(rows) == n_clips
+    bars = Counter(r["bars"] for r in rows.values())
+    assert f"; {_tempo_text({120: 1}, dict(bars)).split('; ')[1]};" in card
     for column, dtype in (("acceleration", "float64"), ("attempts", "int64"), ("bpm", "int64"), ("bars", "int64")):
         assert re.search(rf"^\| {column} \| {dtype} \| .+ \|$", card, re.M), column
 
