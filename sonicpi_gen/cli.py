@@ -178,8 +178,11 @@ def render(in_dir, out, workers, engine, address, acceleration, calibrate, headr
         raise click.ClickException(f"interrupted: the finished clips are kept in {out}; "
                                    "rerun the same command to resume") from None
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
-    click.echo(f"rendered {summary.rendered} clips ({summary.skipped} already done) in "
-               f"{summary.wall_s:.1f} s, {summary.realtime_factor:.1f}x real time; status: {counts}")
+    if summary.rendered:
+        click.echo(f"rendered {summary.rendered} clips ({summary.skipped} already done) in "
+                   f"{summary.wall_s:.1f} s, {summary.realtime_factor:.1f}x real time; status: {counts}")
+    else:
+        click.echo(f"nothing to render: all {summary.skipped} programs already done; status: {counts}")
     click.echo(f"clips and status.parquet in {out}")
 
 
