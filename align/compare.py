@@ -18,7 +18,6 @@ import numpy as np
 
 from align import chance, evaluate
 from align.data import read_embeddings, select_splits
-from align.train import embed_pairs, load_checkpoint
 
 METRICS = ("within aligned c2a_mrr", "within aligned a2c_mrr", "within aligned cka_debiased",
            "within raw cka_debiased", "aligned cka")
@@ -26,6 +25,8 @@ METRICS = ("within aligned c2a_mrr", "within aligned a2c_mrr", "within aligned c
 
 def _side(embeddings: str, run: str):
     """The test rows of the dataset configuration `run` was trained on, raw and aligned."""
+    from align.train import embed_pairs, load_checkpoint  # torch only when comparing
+
     model, checkpoint = load_checkpoint(run)
     split = select_splits(read_embeddings(embeddings), config=checkpoint["config"]["config"])
     zc, za = embed_pairs(model, *split.test)

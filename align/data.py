@@ -176,7 +176,10 @@ def select_splits(table: EmbeddingTable, config: str | None = "default") -> Pair
             found = sorted(set(sub.meta["split"].dropna()))
             raise ValueError(
                 f"split {name!r} has {len(idx)} rows in config {config!r} (need at least 4); "
-                f"splits found: {found}. Accepted names: {sorted(SPLIT_NAMES)}"
+                f"splits found: {found}. Accepted names: {sorted(SPLIT_NAMES)}. The dataset "
+                f"stage splits each template's programs 80/10/10, so expand 10 or more per "
+                f"template (`sonicpi-gen expand --n 10`), or train on a config that holds "
+                f"out whole templates (--config unseen_templates)"
             )
         parts[name] = idx
     test_meta = sub.meta.iloc[parts["test"]].reset_index(drop=True)

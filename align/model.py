@@ -21,17 +21,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-LOSS_DIRECTIONS = ("symmetric", "code_to_audio", "audio_to_code")
-MIN_TAU = 0.01  # CLIP clamps its learnable logit scale at 100, i.e. tau >= 0.01
+from align.config import LOSS_DIRECTIONS, MIN_TAU, check_architecture
+
 BN_EPS = 1e-5  # torch.nn.BatchNorm1d defaults
 BN_MOMENTUM = 0.1
-
-
-def check_architecture(hidden: int, out: int, layers: int) -> None:
-    """Raise ValueError naming the bad value when the MLP shape is impossible."""
-    for name, value in (("hidden", hidden), ("out", out), ("layers", layers)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def mlp_dims(in_dim: int, hidden: int, out: int, layers: int) -> list[int]:

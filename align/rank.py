@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from align import metrics
+from align.config import DEFAULT_DEVICE
 from align.data import CODE_MODEL_KEYS, find_model_id
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def rank_programs(
     query: str | Path | None = None,
     encoder=None,
     encoder_id: str | None = None,
-    device: str = "cpu",
+    device: str = DEFAULT_DEVICE,
     check_revision: bool = True,
 ) -> list[dict]:
     """Rank candidate programs (code only) in the aligned space.

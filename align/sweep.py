@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from align import __version__
+from align.config import DEFAULT_DEVICE
 from align.data import PairedSplits, read_embeddings, select_splits
 from sonicpi_gen.folders import replace_dir, write_atomically
 
@@ -212,7 +213,7 @@ def run_sweep(
     grid: dict[str, list] | None = None,
     seeds: int | list[int] = N_SEEDS,
     base: dict | None = None,
-    device: str | None = "cpu",
+    device: str | None = DEFAULT_DEVICE,
     workers: int = 0,
     threads: int | None = None,
     data: PairedSplits | None = None,
@@ -238,17 +239,9 @@ def run_sweep(
         The per-configuration summaries (also in results.jsonl).
     """
     from align.evaluate import evaluate_pairs
-    from align.train import TrainConfig
 
     grid = GRID if grid is None else grid
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ValueError("need at least one seed")
-    base = {**SWEEP_DEFAULTS, **(base or {})}
-    TrainConfig().replace(**base).validate()  # fail early on unknown or bad settings
-    configs = expand_grid(grid)
-    for settings in configs:
-        TrainConfig().replace(**{**base, **settings}).validate()
+    seed_list, base, configs = plan_sweep(grid, seeds, base)
     source = {}
     if data is None:
         table = read_embeddings(embeddings)
@@ -256,13 +249,7 @@ def run_sweep(
         source = table.source
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs_file = out / RUNS_JSONL
-    done: dict[str, list[dict]] = {}
-    if runs_file.exists():
-        for line in runs_file.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done.setdefault(row["key"], []).append(row)
+    done = read_runs(out / RUNS_JSONL)
     todo = [s for s in configs if len(done.get(config_key(s), [])) < len(seed_list)]
     for s in todo:
         done.pop(config_key(s), None)  # a configuration is redone whole, never half
@@ -273,6 +260,65 @@ def run_sweep(
     jobs = sorted(todo, key=lambda st: -estimated_cost(st, base, data.code_dim))
     started = time.perf_counter()
     init_args = (data, base, seed_list, device, threads)
+    done.update(train_configurations(out, jobs, init_args, source, workers))
+    wall = time.perf_counter() - started
+
+    results = [_summarise(config_key(s), s, done[config_key(s)]) for s in configs]
+    best = max(results, key=lambda r: r[SELECT_BY]["mean"])
+    best_dir = write_best(out, best, init_args, source)
+    write_results(out, results, best["key"], evaluate_pairs(*data.test), {
+        "grid": grid,
+        "seeds": seed_list,
+        "base": base,
+        "embeddings": source.get("path"),
+        "embeddings_provenance": source.get("provenance") or {},
+        "split_sizes": data.sizes(),
+        "wall_seconds": round(wall, 1),
+        "runs_trained": len(jobs) * len(seed_list),
+        "workers": workers,
+        "threads": threads,
+        "device": device,
+    })
+    logger.info("sweep done in %.1f s; best %s -> %s", wall, best["key"], best_dir / "checkpoint.pt")
+    return results
+
+
+def plan_sweep(grid: dict[str, list], seeds: int | list[int], base: dict | None) -> tuple[list[int], dict, list[dict]]:
+    """The sweep's seeds, shared settings (SWEEP_DEFAULTS under ``base``) and
+    configurations, each checked against TrainConfig before anything trains."""
+    from align.train import TrainConfig
+
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("need at least one seed")
+    base = {**SWEEP_DEFAULTS, **(base or {})}
+    TrainConfig().replace(**base).validate()  # fail early on unknown or bad settings
+    configs = expand_grid(grid)
+    for settings in configs:
+        TrainConfig().replace(**{**base, **settings}).validate()
+    return seed_list, base, configs
+
+
+def read_runs(runs_file: Path) -> dict[str, list[dict]]:
+    """runs.jsonl's rows by configuration key (empty when there is no file yet)."""
+    done: dict[str, list[dict]] = {}
+    if runs_file.exists():
+        for line in runs_file.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done.setdefault(row["key"], []).append(row)
+    return done
+
+
+def train_configurations(out: Path, jobs: list[dict], init_args: tuple, source: dict,
+                         workers: int) -> dict[str, list[dict]]:
+    """Train ``jobs`` (each one configuration, all its seeds) in ``workers`` processes
+    (here when 0 or 1). Each finished configuration is appended to runs.jsonl and its
+    best seed saved to configs/<key>/ as it comes, so a killed sweep resumes. Returns
+    the new runs by key."""
+    data, base = init_args[0], init_args[1]
+    done: dict[str, list[dict]] = {}
+    started = time.perf_counter()
     executor = None
     if workers > 1 and jobs:
         # spawn, not fork: a forked child of a process that already ran OpenMP can hang
@@ -286,7 +332,7 @@ def run_sweep(
             results_iter = (f.result() for f in as_completed([executor.submit(_run_config, j) for j in jobs]))
         else:
             results_iter = map(_run_config, jobs)
-        with open(runs_file, "a") as log:
+        with open(out / RUNS_JSONL, "a") as log:
             for i, rows in enumerate(results_iter, 1):
                 key = rows[0]["key"]
                 # every configuration keeps its own best seed: which configuration wins
@@ -309,11 +355,13 @@ def run_sweep(
         else:
             _WORKER.clear()
             _torch_threads(saved_threads)
-    wall = time.perf_counter() - started
+    return done
 
-    results = [_summarise(config_key(s), s, done[config_key(s)]) for s in configs]
-    best = max(results, key=lambda r: r[SELECT_BY]["mean"])
-    raw = evaluate_pairs(*data.test)
+
+def write_best(out: Path, best: dict, init_args: tuple, source: dict) -> Path:
+    """Copy configs/<best key>/ to best/ (atomically), first training that configuration
+    again when an earlier call finished it without keeping its weights."""
+    data, base = init_args[0], init_args[1]
     best_src = out / CONFIGS_DIR / best["key"]
     if not (best_src / "checkpoint.pt").exists():
         # finished in an earlier call that kept no weights: train it again (same seeds)
@@ -328,31 +376,28 @@ def run_sweep(
     shutil.rmtree(tmp_best, ignore_errors=True)
     shutil.copytree(best_src, tmp_best)
     replace_dir(tmp_best, best_dir)
-    _write_atomic(out / RESULTS_JSONL, "".join(json.dumps({**r, "best": r["key"] == best["key"]}) + "\n" for r in results))
+    return best_dir
+
+
+def write_results(out: Path, results: list[dict], best_key: str, raw: dict, record: dict) -> None:
+    """Write results.jsonl, results.md and sweep.json (``record`` plus the best
+    configuration, its checkpoint's config.json, the raw test metrics and the version)."""
+    n_seeds = len(record["seeds"])
+    _write_atomic(out / RESULTS_JSONL, "".join(json.dumps({**r, "best": r["key"] == best_key}) + "\n" for r in results))
     md = (
-        f"# Aligner sweep\n\n{len(configs)} configurations x {len(seed_list)} seeds, "
-        f"split sizes {data.sizes()}; best by mean validation CKA marked. "
+        f"# Aligner sweep\n\n{len(results)} configurations x {n_seeds} seeds, "
+        f"split sizes {record['split_sizes']}; best by mean validation CKA marked. "
         f"Test metrics: mean ± std over seeds; raw = the encoders' own spaces.\n\n"
-        + results_markdown(results, raw, best["key"])
+        + results_markdown(results, raw, best_key)
     )
     _write_atomic(out / RESULTS_MD, md)
     _write_atomic(
         out / SWEEP_CONFIG,
         json.dumps(
             {
-                "grid": grid,
-                "seeds": seed_list,
-                "base": base,
-                "embeddings": source.get("path"),
-                "embeddings_provenance": source.get("provenance") or {},
-                "split_sizes": data.sizes(),
-                "wall_seconds": round(wall, 1),
-                "runs_trained": len(jobs) * len(seed_list),
-                "workers": workers,
-                "threads": threads,
-                "device": device,
-                "best": best["key"],
-                "best_checkpoint": json.loads((best_dir / "config.json").read_text()),
+                **record,
+                "best": best_key,
+                "best_checkpoint": json.loads((out / BEST_DIR / "config.json").read_text()),
                 "raw_test": raw,
                 "version": __version__,
             },
@@ -360,5 +405,3 @@ def run_sweep(
         )
         + "\n",
     )
-    logger.info("sweep done in %.1f s; best %s -> %s", wall, best["key"], best_dir / "checkpoint.pt")
-    return results

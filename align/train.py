@@ -10,7 +10,6 @@ weights are kept. ``train_aligner`` is the one-seed case that writes a run folde
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -24,65 +23,17 @@ import numpy as np
 import torch
 
 from align import __version__
+from align.config import DEFAULT_DEVICE, TrainConfig
 from align.data import PairedSplits, read_embeddings, select_splits
-from align.model import LOSS_DIRECTIONS, MIN_TAU, Aligner, StackedMLP, check_architecture, info_nce
+from align.model import MIN_TAU, Aligner, StackedMLP, info_nce
 from sonicpi_gen.folders import replace_dir
 
 logger = logging.getLogger(__name__)
 
-SCHEDULES = ("cosine", "constant")
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
-
-
-@dataclass
-class TrainConfig:
-    """Aligner and optimiser settings. Defaults are the study's (docs/align.md)."""
-
-    hidden: int = 256
-    out: int = 128
-    layers: int = 5  # Linear layers per MLP; 5 = 4 x [Linear, BN, GELU] + Linear
-    tau: float = 0.1
-    learn_tau: bool = False
-    loss: str = "symmetric"  # or "code_to_audio" (the authors' code), "audio_to_code"
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    max_epochs: int = 100
-    warmup: float = 0.05  # fraction of all max_epochs steps spent warming up linearly
-    schedule: str = "cosine"  # cosine decay to 0 at max_epochs after warm-up, or constant
-    patience: int = 10  # epochs without a better validation loss before stopping
-    seed: int = 0
-    config: str = "default"  # which dataset configuration's splits to train on
-
-    def validate(self) -> "TrainConfig":
-        check_architecture(self.hidden, self.out, self.layers)
-        if self.loss not in LOSS_DIRECTIONS:
-            raise ValueError(f"loss must be one of {LOSS_DIRECTIONS}, got {self.loss!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not self.tau >= MIN_TAU:
-            raise ValueError(f"tau must be at least {MIN_TAU}, got {self.tau}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 (BatchNorm and InfoNCE need pairs), got {self.batch_size}")
-        if self.max_epochs < 1 or self.patience < 1:
-            raise ValueError(f"max_epochs and patience must be >= 1, got {self.max_epochs} and {self.patience}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup is a fraction of training in [0, 1), got {self.warmup}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
-        return self
-
-    def replace(self, **changes) -> "TrainConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {sorted(unknown)}; known: {sorted(self.to_dict())}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -420,7 +371,7 @@ def train_aligner(
     embeddings: str | Path,
     out: str | Path,
     cfg: TrainConfig | None = None,
-    device: str | None = "cpu",
+    device: str | None = DEFAULT_DEVICE,
     threads: int | None = None,
     overwrite: bool = False,
 ) -> dict:

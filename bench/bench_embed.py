@@ -31,7 +31,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embed import embed_dataset  # noqa: E402
+from embed import EmbedSettings, embed_dataset  # noqa: E402
 from embed.encoders import load_audio_encoder, load_code_encoder  # noqa: E402
 
 CLIP_S = 18.0  # 120 BPM x 9 bars of 4/4 (docs/contracts.md)
@@ -178,11 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             label = ("stand-in " + args.size if audio_name == audio_path and not args.audio_model
                      else audio_name)
             start = time.perf_counter()
-            res = embed_dataset(data, tmp_path / f"out-{len(results)}", code_encoder=code_enc,
-                                audio_encoder=audio_enc, num_workers=args.workers,
-                                progress=False, device=args.device,
-                                audio_batch_size=args.audio_batch_size,
-                                code_batch_size=args.code_batch_size)
+            settings = EmbedSettings(num_workers=args.workers, device=args.device,
+                                     audio_batch_size=args.audio_batch_size,
+                                     code_batch_size=args.code_batch_size)
+            res = embed_dataset(data, tmp_path / f"out-{len(results)}", settings,
+                                code_encoder=code_enc, audio_encoder=audio_enc, progress=False)
             total = time.perf_counter() - start
             row = {"audio_encoder": audio_enc.name if args.audio_model or audio_name != audio_path
                    else f"wav2vec2-base architecture ({args.size} stand-in)",

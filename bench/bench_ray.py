@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from bench_render import make_programs  # run as bench/bench_ray.py: its folder is on the path
-from renderer.render import render_programs
+from renderer.render import RenderSettings, render_programs
 
 
 def driver_cpu_s() -> float:
@@ -37,8 +37,8 @@ def driver_cpu_s() -> float:
 def one_run(programs: Path, out: Path, engine: str, workers: int, acceleration: float,
             address: str | None) -> dict:
     cpu, started = driver_cpu_s(), time.perf_counter()
-    render_programs(programs, out, workers=workers, acceleration=acceleration, progress=False,
-                    engine=engine, address=address)
+    render_programs(programs, out, RenderSettings(workers=workers, acceleration=acceleration, engine=engine,
+                                                  address=address), progress=False)
     wall, cpu = time.perf_counter() - started, driver_cpu_s() - cpu
     rows = pq.read_table(out / "status.parquet").to_pylist()
     ok = sum(r["status"] == "ok" for r in rows)

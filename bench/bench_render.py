@@ -47,7 +47,7 @@ import soundfile as sf
 from renderer.fidelity import (ENVELOPE_TOLERANCE, METRONOME, SPECTRUM_TOLERANCE,
                                envelope_correlation, grid_error, onset_times,
                                resolve_acceleration, spectrum_similarity)
-from renderer.render import DEFAULT_WORKERS, render_programs
+from renderer.render import DEFAULT_WORKERS, RenderSettings, render_programs
 from sonicpi_gen.expand import expand_templates
 from sonicpi_gen.grammar import list_templates
 
@@ -90,7 +90,7 @@ def timed_render(programs: Path, out: Path, workers: int, acceleration) -> tuple
     first = []
     watcher = threading.Thread(target=_first_clip, args=(out, started, first), daemon=True)
     watcher.start()
-    render_programs(programs, out, workers=workers, acceleration=acceleration, progress=True)
+    render_programs(programs, out, RenderSettings(workers=workers, acceleration=acceleration), progress=True)
     wall = time.perf_counter() - started
     rows = {r["source"]: r for r in pq.read_table(out / "status.parquet").to_pylist()}
     return wall, rows, first[0] if first else wall

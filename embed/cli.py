@@ -9,10 +9,10 @@ import sys
 
 import click
 
-from embed.encoders import (DEFAULT_AUDIO_BATCH, DEFAULT_AUDIO_MODEL, DEFAULT_CODE_BATCH,
-                            DEFAULT_CODE_MODEL, ENCODERS, LONG_INPUT_MODES, PRECISIONS,
-                            ModelUnavailableError, licence_of)
-from embed.pipeline import EmbedSettingsError, embed_dataset
+from embed.encoders import ENCODERS, LONG_INPUT_MODES, PRECISIONS, ModelUnavailableError, licence_of
+from embed.pipeline import ENGINES, EmbedSettings, EmbedSettingsError, embed_dataset
+
+DEFAULTS = EmbedSettings()  # every option's default is the library's
 
 EPILOG = "\b\nKnown encoders (licence [restriction]; size; sample rate):\n" + "\n".join(
     f"  {mid}\n      {info.licence}{f' [{info.restriction}]' if info.restriction else ''}; "
@@ -34,35 +34,35 @@ def _setup_logging(verbose: int) -> None:
               help="Dataset folder (data/<config>/<split>-*.parquet) or Hugging Face dataset id.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="embeddings",
               show_default=True, help="Embeddings root; writes OUT/<code>__<audio>/embeddings.parquet.")
-@click.option("--code-model", default=DEFAULT_CODE_MODEL, show_default=True,
+@click.option("--code-model", default=DEFAULTS.code_model, show_default=True,
               help="Code encoder: hub id, alias (codebert, distilroberta-base) or folder.")
-@click.option("--audio-model", default=DEFAULT_AUDIO_MODEL, show_default=True,
+@click.option("--audio-model", default=DEFAULTS.audio_model, show_default=True,
               help="Audio encoder: hub id, alias (clap, clap-music, mert, logmel) or folder.")
 @click.option("--config", "configs", multiple=True, help="Only this config (repeatable).")
 @click.option("--split", "splits", multiple=True, help="Only this split (repeatable).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+@click.option("--device", default=DEFAULTS.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS.precision, show_default=True,
               help="auto = bf16/fp16 autocast on GPU, fp32 on CPU.")
-@click.option("--code-batch-size", type=click.IntRange(1), default=DEFAULT_CODE_BATCH,
+@click.option("--code-batch-size", type=click.IntRange(1), default=DEFAULTS.code_batch_size,
               show_default=True, help="Token windows per forward pass.")
-@click.option("--audio-batch-size", type=click.IntRange(1), default=DEFAULT_AUDIO_BATCH,
+@click.option("--audio-batch-size", type=click.IntRange(1), default=DEFAULTS.audio_batch_size,
               show_default=True, help="Clips per forward pass.")
-@click.option("--workers", type=click.IntRange(0), default=None,
+@click.option("--workers", type=click.IntRange(0), default=DEFAULTS.num_workers,
               help="Audio decoding processes [default: up to 8 with a GPU, 1 on CPU].")
-@click.option("--long-code", type=click.Choice(LONG_INPUT_MODES), default="chunk",
+@click.option("--long-code", type=click.Choice(LONG_INPUT_MODES), default=DEFAULTS.long_input,
               show_default=True, help="Programs over the token window: all windows, or the first.")
-@click.option("--code-revision", default=None, help="Hub revision of the code model.")
-@click.option("--audio-revision", default=None, help="Hub revision of the audio model.")
+@click.option("--code-revision", default=DEFAULTS.code_revision, help="Hub revision of the code model.")
+@click.option("--audio-revision", default=DEFAULTS.audio_revision, help="Hub revision of the audio model.")
 @click.option("--offline", is_flag=True, help="Never download (as HF_HUB_OFFLINE=1).")
-@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the repo (MERT).")
-@click.option("--limit", type=click.IntRange(1), default=None, help="Embed only the first N rows.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--trust-remote-code", is_flag=True, default=DEFAULTS.trust_remote_code, help="Allow model code from the repo (MERT).")
+@click.option("--limit", type=click.IntRange(1), default=DEFAULTS.limit, help="Embed only the first N rows.")
+@click.option("--engine", type=click.Choice(ENGINES), default=DEFAULTS.engine, show_default=True,
               help="Run the models here, or on Ray actors (pip install 'sonicpi-gen[ray]'; "
                    "docs/scale.md).")
-@click.option("--address", default=None,
+@click.option("--address", default=DEFAULTS.address,
               help="The Ray cluster's head, HOST:PORT [default: RAY_ADDRESS, else the cluster "
                    "`ray start` made on this machine]; --engine ray only.")
-@click.option("--actors", type=click.IntRange(1), default=None,
+@click.option("--actors", type=click.IntRange(1), default=DEFAULTS.actors,
               help="Encoder actors with --engine ray [default: one per GPU, else per CPU].")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
@@ -81,14 +81,15 @@ def embed_command(dataset, out_dir, code_model, audio_model, configs, splits, de
     if engine == "local" and (address or actors):
         raise click.ClickException("--address and --actors are for --engine ray")
     try:
-        result = embed_dataset(
-            dataset, out_dir, code_model, audio_model, configs=configs or None,
-            splits=splits or None, device=device, precision=precision,
+        settings = EmbedSettings(
+            code_model=code_model, audio_model=audio_model, configs=configs or None,
+            splits=splits or None, limit=limit, device=device, precision=precision,
             code_batch_size=code_batch_size, audio_batch_size=audio_batch_size,
             num_workers=workers, long_input=long_code, code_revision=code_revision,
             audio_revision=audio_revision, local_files_only=offline or None,
-            trust_remote_code=trust_remote_code, limit=limit, progress=not no_progress,
-            command=shlex.join(sys.argv), engine=engine, address=address, actors=actors)
+            trust_remote_code=trust_remote_code, engine=engine, address=address, actors=actors)
+        result = embed_dataset(dataset, out_dir, settings, progress=not no_progress,
+                               command=shlex.join(sys.argv))
     except (ModelUnavailableError, EmbedSettingsError, FileNotFoundError, ValueError,
             ImportError, ConnectionError) as err:
         raise click.ClickException(str(err)) from err

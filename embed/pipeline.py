@@ -45,6 +45,7 @@ PROVENANCE_NAME = PROVENANCE_FILE
 PARTS_DIR = ".parts"
 CHECKPOINT_EVERY = 512  # items between checkpoint files: ~1 min of GPU work, little to redo
 OUTPUT_COLUMNS = EMBEDDINGS_META_COLUMNS
+ENGINES = ("local", "ray")  # where the models run (see EmbedSettings.engine)
 FINGERPRINT_KEYS = ("model", "revision", "pooling", "sample_rate", "long_input", "max_length",
                     "dim", "precision")
 
@@ -74,6 +75,68 @@ class EmbedResult:
     @property
     def audio_seconds_per_s(self) -> float:
         return self.audio_duration_s / self.audio_seconds if self.audio_seconds else 0.0
+
+
+@dataclass
+class EmbedSettings:
+    """How `embed_dataset` embeds: which models, which rows, how it batches, where it runs.
+
+    code_model, audio_model: hub ids, aliases or local folders (embed.encoders.ENCODERS).
+    configs, splits: only these (None: all). limit: only the first N rows (sorted by
+        config, split, id), for a quick look. reader: "auto", "parquet" or "datasets"
+        (see embed.dataset.read_dataset_index).
+    device: "auto" (cuda if available), "cpu", "cuda", "cuda:N". precision: "auto" =
+        bf16/fp16 autocast on GPU, fp32 on CPU; or fp32/fp16/bf16.
+    code_batch_size: token windows per forward; audio_batch_size: clips per forward.
+    num_workers: audio decoding processes (None: up to 8 beside a GPU, 1 beside a CPU
+        model; 0 decodes in this process).
+    long_input: "chunk" (whole program, 512-token windows) or "truncate".
+    code_revision, audio_revision, cache_dir, trust_remote_code: passed to the loaders;
+        local_files_only: never download (implied by model folders and HF_HUB_OFFLINE=1).
+    checkpoint_every: programs / clips between checkpoint files in <out>/.parts.
+    threads: torch CPU threads (None: every core this process may use).
+    engine: "local" (this process), or "ray": the model work on Ray actors, one code
+        and one audio encoder each, a GPU each when the cluster has one per actor
+        (embed.ray_engine); resume, checkpoints and the output are the same.
+    address: the Ray cluster's head, HOST:PORT (None: RAY_ADDRESS, else the cluster
+        `ray start` made on this machine); actors: how many (None: one per GPU, else
+        one per CPU of the cluster).
+    """
+
+    code_model: str = DEFAULT_CODE_MODEL
+    audio_model: str = DEFAULT_AUDIO_MODEL
+    configs: Sequence[str] | None = None
+    splits: Sequence[str] | None = None
+    limit: int | None = None
+    reader: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    code_batch_size: int = DEFAULT_CODE_BATCH
+    audio_batch_size: int = DEFAULT_AUDIO_BATCH
+    num_workers: int | None = None
+    long_input: str = "chunk"
+    code_revision: str | None = None
+    audio_revision: str | None = None
+    cache_dir: str | None = None
+    local_files_only: bool | None = None
+    trust_remote_code: bool = False
+    checkpoint_every: int = CHECKPOINT_EVERY
+    threads: int | None = None
+    engine: str = "local"
+    address: str | None = None
+    actors: int | None = None
+
+    def record(self, workers: int, pool=None) -> dict[str, Any]:
+        """The settings provenance.json records (`workers`: the decode processes used)."""
+        out = {"configs": list(self.configs or []), "splits": list(self.splits or []),
+               "device": self.device, "precision": self.precision,
+               "code_batch_size": self.code_batch_size,
+               "audio_batch_size": self.audio_batch_size, "num_workers": workers,
+               "long_input": self.long_input, "limit": self.limit, "reader": self.reader,
+               "checkpoint_every": self.checkpoint_every, "engine": "ray" if pool else "local"}
+        if pool is not None:
+            out.update(actors=len(pool.actors), actor_gpus=pool.gpu, actors_replaced=pool.replaced)
+        return out
 
 
 def model_slug(model_id_or_path: str) -> str:
@@ -431,61 +494,34 @@ def _tool_version() -> str:
     return __version__
 
 
-def embed_dataset(dataset: str | Path, out_dir: str | Path,
-                  code_model: str = DEFAULT_CODE_MODEL, audio_model: str = DEFAULT_AUDIO_MODEL, *,
-                  configs: Sequence[str] | None = None, splits: Sequence[str] | None = None,
-                  device: str = "auto", precision: str = "auto",
-                  code_batch_size: int = DEFAULT_CODE_BATCH,
-                  audio_batch_size: int = DEFAULT_AUDIO_BATCH, num_workers: int | None = None,
-                  long_input: str = "chunk", code_revision: str | None = None,
-                  audio_revision: str | None = None, cache_dir: str | None = None,
-                  local_files_only: bool | None = None, trust_remote_code: bool = False,
-                  reader: str = "auto", limit: int | None = None,
-                  checkpoint_every: int = CHECKPOINT_EVERY, threads: int | None = None,
-                  progress: bool = True, code_encoder: CodeEncoder | None = None,
-                  audio_encoder: AudioEncoder | None = None,
-                  command: str | None = None, engine: str = "local", address: str | None = None,
-                  actors: int | None = None) -> EmbedResult:
+def embed_dataset(dataset: str | Path, out_dir: str | Path, settings: EmbedSettings | None = None, *,
+                  code_encoder: CodeEncoder | None = None, audio_encoder: AudioEncoder | None = None,
+                  progress: bool = True, command: str | None = None) -> EmbedResult:
     """Embed every (config, split, id) row of a dataset not yet in the output.
 
     Args:
         dataset: dataset folder (data/<config>/<split>-*.parquet) or Hub dataset id.
         out_dir: embeddings root; writes <out_dir>/<code>__<audio>/embeddings.parquet and
             provenance.json (<code>, <audio>: the models' last id component / folder name).
-        code_model, audio_model: hub ids, aliases or local folders (embed.encoders.ENCODERS).
-        configs, splits: only these (default: all).
-        device: "auto" (cuda if available), "cpu", "cuda", "cuda:N".
-        precision: "auto" = bf16/fp16 autocast on GPU, fp32 on CPU; or fp32/fp16/bf16.
-        code_batch_size: token windows per forward; audio_batch_size: clips per forward.
-        num_workers: audio decoding processes (None: up to 8 beside a GPU, 1 beside a CPU
-            model; 0 decodes in this process).
-        long_input: "chunk" (whole program, 512-token windows) or "truncate".
-        local_files_only: never download (implied by model folders and HF_HUB_OFFLINE=1).
-        reader: "auto", "parquet" or "datasets" (see embed.dataset.read_dataset_index).
-        limit: embed only the first N rows (sorted by config, split, id): for a quick look.
-        checkpoint_every: programs / clips between checkpoint files in <out>/.parts.
-        threads: torch CPU threads (None: every core this process may use).
-        code_encoder, audio_encoder: already loaded encoders (then the model arguments
-            only name the output folder).
-        engine: "local" (this process), or "ray": the model work on Ray actors, one code
-            and one audio encoder each, a GPU each when the cluster has one per actor
-            (embed.ray_engine); resume, checkpoints and the output are the same.
-        address: the Ray cluster's head, HOST:PORT (default: RAY_ADDRESS, else the
-            cluster `ray start` made on this machine); actors: how many (default: one per
-            GPU, else one per CPU of the cluster).
+        settings: models, rows, batching and engine (EmbedSettings(): its defaults).
+        code_encoder, audio_encoder: already loaded encoders (then the settings' model
+            ids only name the output folder).
+        progress: show tqdm bars. command: the command line provenance.json records
+            (default: this process's argv).
     """
-    if engine not in ("local", "ray"):
-        raise ValueError(f"engine {engine!r} is not known; choose 'local' or 'ray'")
-    if engine == "ray" and (code_encoder is not None or audio_encoder is not None):
+    s = settings or EmbedSettings()
+    if s.engine not in ENGINES:
+        raise ValueError(f"engine {s.engine!r} is not known; choose 'local' or 'ray'")
+    if s.engine == "ray" and (code_encoder is not None or audio_encoder is not None):
         raise ValueError("engine 'ray' loads the encoders on its actors: pass model ids, not "
                          "loaded encoders")
     start = time.perf_counter()
-    index = read_dataset_index(dataset, configs, splits, reader)
+    index = read_dataset_index(dataset, s.configs, s.splits, s.reader)
     rows = sorted(index.rows, key=lambda r: (r.config, r.split, r.id))
-    if limit is not None:
-        rows = rows[:limit]
-    code_name = code_encoder.name if code_encoder is not None else code_model
-    audio_name = audio_encoder.name if audio_encoder is not None else audio_model
+    if s.limit is not None:
+        rows = rows[:s.limit]
+    code_name = code_encoder.name if code_encoder is not None else s.code_model
+    audio_name = audio_encoder.name if audio_encoder is not None else s.audio_model
     folder = output_dir(out_dir, code_name, audio_name)
     folder.mkdir(parents=True, exist_ok=True)
     store = _Store(folder)
@@ -497,52 +533,43 @@ def embed_dataset(dataset: str | Path, out_dir: str | Path,
         return result
 
     pool = None
-    if engine == "ray":
+    if s.engine == "ray":
         from embed.ray_engine import EmbedPool
-        pool = EmbedPool(code_model, audio_model, {
-            "device": device, "precision": precision, "code_batch_size": code_batch_size,
-            "audio_batch_size": audio_batch_size, "long_input": long_input,
-            "revision_code": code_revision, "revision_audio": audio_revision, "cache_dir": cache_dir,
-            "local_files_only": local_files_only, "trust_remote_code": trust_remote_code},
-            address, actors)
+        pool = EmbedPool(s.code_model, s.audio_model, {
+            "device": s.device, "precision": s.precision, "code_batch_size": s.code_batch_size,
+            "audio_batch_size": s.audio_batch_size, "long_input": s.long_input,
+            "revision_code": s.code_revision, "revision_audio": s.audio_revision,
+            "cache_dir": s.cache_dir, "local_files_only": s.local_files_only,
+            "trust_remote_code": s.trust_remote_code},
+            s.address, s.actors)
         code_encoder, audio_encoder = pool.encoders()
-    elif threads or device in ("cpu", "auto"):
+    elif s.threads or s.device in ("cpu", "auto"):
         import torch
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(threads or cores or 1)
+        torch.set_num_threads(s.threads or cores or 1)
     try:
-        return _embed_rows(dataset, index, rows, missing, store, result, folder, code_model,
-                           audio_model, code_encoder, audio_encoder, pool, start, configs=configs,
-                           splits=splits, device=device, precision=precision,
-                           code_batch_size=code_batch_size, audio_batch_size=audio_batch_size,
-                           num_workers=num_workers, long_input=long_input,
-                           code_revision=code_revision, audio_revision=audio_revision,
-                           cache_dir=cache_dir, local_files_only=local_files_only,
-                           trust_remote_code=trust_remote_code, reader=reader, limit=limit,
-                           checkpoint_every=checkpoint_every, progress=progress, command=command)
+        return _embed_rows(dataset, index, rows, missing, store, result, folder, s, code_encoder,
+                           audio_encoder, pool, start, progress=progress, command=command)
     finally:
         if pool is not None:
             pool.close()
 
 
-def _embed_rows(dataset, index, rows, missing, store, result, folder, code_model, audio_model,
-                code_encoder, audio_encoder, pool, start, *, configs, splits, device, precision,
-                code_batch_size, audio_batch_size, num_workers, long_input, code_revision,
-                audio_revision, cache_dir, local_files_only, trust_remote_code, reader, limit,
-                checkpoint_every, progress, command) -> EmbedResult:
+def _embed_rows(dataset, index, rows, missing, store, result, folder, s: EmbedSettings,
+                code_encoder, audio_encoder, pool, start, *, progress, command) -> EmbedResult:
     """embed_dataset once the rows to do are known: load the encoders (unless given, or
     on `pool`'s actors), embed, write."""
     if code_encoder is None:
-        code_encoder = load_code_encoder(code_model, device, revision=code_revision,
-                                         cache_dir=cache_dir, local_files_only=local_files_only,
-                                         precision=precision, batch_size=code_batch_size,
-                                         long_input=long_input, trust_remote_code=trust_remote_code)
+        code_encoder = load_code_encoder(s.code_model, s.device, revision=s.code_revision,
+                                         cache_dir=s.cache_dir, local_files_only=s.local_files_only,
+                                         precision=s.precision, batch_size=s.code_batch_size,
+                                         long_input=s.long_input, trust_remote_code=s.trust_remote_code)
     if audio_encoder is None:
-        audio_encoder = load_audio_encoder(audio_model, device, revision=audio_revision,
-                                           cache_dir=cache_dir, local_files_only=local_files_only,
-                                           precision=precision, batch_size=audio_batch_size,
-                                           trust_remote_code=trust_remote_code)
+        audio_encoder = load_audio_encoder(s.audio_model, s.device, revision=s.audio_revision,
+                                           cache_dir=s.cache_dir, local_files_only=s.local_files_only,
+                                           precision=s.precision, batch_size=s.audio_batch_size,
+                                           trust_remote_code=s.trust_remote_code)
     fingerprint = _fingerprint(code_encoder, audio_encoder)
     store.check(fingerprint)
 
@@ -557,20 +584,20 @@ def _embed_rows(dataset, index, rows, missing, store, result, folder, code_model
     programs = {i: r.code for i, r in todo_rows.items()}
     if pool is None:
         code_vecs, result.code_computed = _embed_code(
-            code_encoder, programs, store, code_batch_size, checkpoint_every, progress, failed)
+            code_encoder, programs, store, s.code_batch_size, s.checkpoint_every, progress, failed)
     else:
         code_vecs, result.code_computed = _embed_code_ray(
-            pool, programs, store, code_batch_size, checkpoint_every, progress, failed)
+            pool, programs, store, s.code_batch_size, s.checkpoint_every, progress, failed)
     result.code_seconds = time.perf_counter() - t0
     if pool is None:
-        workers = default_workers(resolve_device(device)) if num_workers is None else num_workers
+        workers = default_workers(resolve_device(s.device)) if s.num_workers is None else s.num_workers
         audio_vecs = _embed_audio(audio_encoder, index, list(todo_rows.values()), store,
-                                  audio_batch_size, workers, checkpoint_every, progress, failed,
+                                  s.audio_batch_size, workers, s.checkpoint_every, progress, failed,
                                   result)
     else:
         workers = 0  # the actors decode
         audio_vecs = _embed_audio_ray(pool, index, list(todo_rows.values()), store,
-                                      audio_batch_size, checkpoint_every, progress, failed, result)
+                                      s.audio_batch_size, s.checkpoint_every, progress, failed, result)
 
     for i in todo_rows:
         if i in code_vecs and i in audio_vecs:
@@ -580,13 +607,6 @@ def _embed_rows(dataset, index, rows, missing, store, result, folder, code_model
     result.failed = failed
     sonic_pi = sorted({r.sonic_pi_version for r in rows if r.sonic_pi_version})
     code_desc, audio_desc = code_encoder.describe(), audio_encoder.describe()
-    settings = {"configs": list(configs or []), "splits": list(splits or []), "device": device,
-                "precision": precision, "code_batch_size": code_batch_size,
-                "audio_batch_size": audio_batch_size, "num_workers": workers,
-                "long_input": long_input, "limit": limit, "reader": reader,
-                "checkpoint_every": checkpoint_every, "engine": "ray" if pool else "local"}
-    if pool is not None:
-        settings.update(actors=len(pool.actors), actor_gpus=pool.gpu, actors_replaced=pool.replaced)
     metadata = {
         "code_model": code_desc["model"], "code_revision": code_desc["revision"],
         "code_pooling": code_desc["pooling"], "code_dim": str(code_desc["dim"]),
@@ -600,7 +620,7 @@ def _embed_rows(dataset, index, rows, missing, store, result, folder, code_model
     write_embeddings(store.folder, table)
     result.rows = table.num_rows
     provenance = make_provenance(
-        "embed", command or " ".join(sys.argv), settings, [dataset], sonic_pi, seed=None,
+        "embed", command or " ".join(sys.argv), s.record(workers, pool), [dataset], sonic_pi, seed=None,
         cwd=os.getcwd(),  # relative model folders in the record are relative to this
         dataset={"source": str(dataset), "reader": index.reader, "shards": index.shards},
         code_encoder=code_desc, audio_encoder=audio_desc, fingerprint=fingerprint,

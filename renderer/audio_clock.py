@@ -18,14 +18,10 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 # When the callback's wake-up latency shifts (it waits for a busy core), the loop
 # follows slowly and meanwhile runs fast or slow against the samples, so events drift;
 # acceleration multiplies the latency. scsynth's /status reply holds the loop's current
-# sample rate, so the drift over a span is the integral of that rate's error. Measured
-# at x8 with 6 servers on 2 cores, 80 clips per run: 11-21 drifted more than 2.5 ms, up
-# to 16.5 ms, with no xrun and no late event to tell. On 26 metronomes among them the
-# integral matched the spread of the onsets (less their 1.45 ms control-block steps)
-# within 0.8 ms. The sample clock feeds that loop the samples' own times, so its rate
-# holds (measured: within 5e-7 of nominal, drift 0.001-0.002 ms per clip from the first
-# clip on, where without it the loop rang after a boot, 2.5-6.9 ms over the first
-# clips, and servers waited 5 s before rendering); the drift check stays as a guard.
+# sample rate, so the drift over a span is the integral of that rate's error (it
+# matches the spread of a metronome's onsets within 0.8 ms). The sample clock
+# (sample_clock.c) feeds the loop the samples' own times, so the rate holds within
+# 5e-7 of nominal; the drift check is a guard against a server without it.
 STATUS_REQUEST = OscMessageBuilder("/status").build().dgram
 # scsynth's reply, as it lays it out: address, type tags, then [1, ugens, synths, groups,
 # synthdefs, average DSP load %, peak DSP load %, nominal sample rate, measured rate]

@@ -25,15 +25,12 @@ from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
 
-# Measured on the 2-core machine with the sample clock (bench_render's 60 programs, 6
-# workers): at x8, 59 or 60 of the 60 clips passed at x8 (0-3 retried) and metronomes
-# kept within 1.8 ms under load. At x12 and x16, beside five servers rendering heavy programs, 6 of 75
-# metronomes had onsets 14-41 ms late with no late event logged and no drift, a fault
-# the renderer cannot see (README, "A clock tied to the samples"). So auto stops at x8;
-# a user may ask for more.
+# The factors `auto` tries, fastest first. It stops at x8: above it (x12, x16 beside
+# five servers rendering heavy programs), metronome onsets came 14-41 ms late with no
+# late event logged and no drift, a fault the renderer cannot see (docs/renderer.md).
+# A user may ask for more. When no factor passes, `auto` is real time (store_factor).
 CANDIDATE_FACTORS = (8, 4)
 CALIBRATION_VERSION = 5  # bumped when the clip protocol or the candidates change
-FALLBACK_FACTOR = 8.0  # used when calibration itself cannot run
 ONSET_TOLERANCE_S = 0.005
 # How much less alike an accelerated render may be than two real-time renders.
 SPECTRUM_TOLERANCE = 0.01

@@ -7,7 +7,7 @@ process that they started (each carries MARKER_VARIABLE in its environment, nami
 cluster's folder), and checks that none is left. Use it as a context manager:
 
     with LocalRayCluster(nodes=2, cpus_per_node=1) as cluster:
-        render_programs(..., engine="ray", address=cluster.address)
+        render_programs(..., RenderSettings(engine="ray", address=cluster.address))
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ write_status_parquet = write_status  # its name before sonicpi_gen.folders
 logger = logging.getLogger(__name__)
 
 AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
+ENGINES = ("local", "ray")  # where the servers run (see RenderSettings.engine)
 # Servers idle between a clip's steps (waiting on Ruby, on a stopped run's fade), so
 # more servers than cores keep the CPU busy: 6 on 2 cores (see renderer.fidelity).
 DEFAULT_WORKERS = 3 * (os.cpu_count() or 1)
@@ -692,32 +693,52 @@ class _Batch:
                     f"{self.failed} not ok")
 
 
-def render_programs(in_dir: Path, out_dir: Path, workers: int | None = DEFAULT_WORKERS,
-                    acceleration: float | str = "auto", headroom_s: float = 0.3,
-                    max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout_s: float | None = None,
-                    max_full_scale: float = DEFAULT_MAX_FULL_SCALE, audio_format: str = "flac",
-                    templates: list[str] | None = None, progress: bool = True,
-                    engine: str | object = "local", address: str | None = None) -> RenderSummary:
+@dataclass
+class RenderSettings:
+    """How `render_programs` renders.
+
+    workers: Sonic Pi servers run side by side (each renders one clip at a time); None:
+        the engine's default (local: DEFAULT_WORKERS, 3 x cores; ray: 3 per CPU of the
+        cluster).
+    acceleration: time factor (1 = real time), or "auto" for the fastest factor that
+        passed the fidelity check on this machine (see renderer.fidelity); on Ray, on
+        each type of node.
+    headroom_s: Sonic Pi scheduling headroom in real seconds (the server's default).
+    max_attempts: tries per program when the renderer (not the program) fails.
+    timeout_s: real seconds per clip before it counts as hung (None: from the factor).
+    max_full_scale: fraction of full-scale samples above which a clip is flagged clipped.
+    audio_format: one of AUDIO_FORMATS ("flac", "wav").
+    engine: "local" (servers on this machine, one per thread), "ray" (servers on the
+        Ray cluster at `address`, one per actor; see renderer.ray_engine), or an engine
+        object (LocalEngine, ray_engine.RayEngine).
+    address: the Ray cluster's address (HOST:PORT); None: the RAY_ADDRESS variable,
+        else the cluster started on this machine with `ray start`.
+    """
+
+    workers: int | None = None
+    acceleration: float | str = "auto"
+    headroom_s: float = SonicPiServer.headroom_s
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout_s: float | None = None
+    max_full_scale: float = DEFAULT_MAX_FULL_SCALE
+    audio_format: str = "flac"
+    engine: str | object = "local"
+    address: str | None = None
+
+
+def render_programs(in_dir: Path, out_dir: Path, settings: RenderSettings | None = None, *,
+                    templates: list[str] | None = None, progress: bool = True) -> RenderSummary:
     """Render every program of `in_dir` (an expand folder, or a folder of .rb files).
 
     Args:
-        workers: Sonic Pi servers run side by side (each renders one clip at a time);
-            None: the engine's default (local: 3 x cores; ray: 3 per CPU of the cluster).
-        acceleration: time factor (1 = real time), or "auto" for the fastest factor that
-            passed the fidelity check on this machine (see renderer.fidelity); on Ray,
-            on each type of node.
-        headroom_s: Sonic Pi scheduling headroom in real seconds.
-        max_attempts: tries per program when the renderer (not the program) fails.
-        timeout_s: real seconds per clip before it counts as hung (default: from the factor).
-        max_full_scale: fraction of full-scale samples above which a clip is flagged clipped.
-        audio_format: "flac" or "wav".
-        engine: "local" (servers on this machine, one per thread), "ray" (servers on
-            the Ray cluster at `address`, one per actor; see renderer.ray_engine), or an
-            engine object (LocalEngine, ray_engine.RayEngine).
-        address: the Ray cluster's address (HOST:PORT); default: the RAY_ADDRESS
-            variable, else the cluster started on this machine with `ray start`.
+        settings: workers, speed, retries, format and engine (RenderSettings(): its
+            defaults).
+        templates: render only these templates' programs (None: all).
+        progress: show a tqdm bar.
     """
-    engine = _make_engine(engine, address)
+    settings = settings or RenderSettings()
+    engine = _make_engine(settings.engine, settings.address)
+    workers, audio_format = settings.workers, settings.audio_format
     if workers is not None and workers < 1:
         raise ValueError(f"--workers {workers}: choose 1 or more")
     if audio_format not in AUDIO_FORMATS:
@@ -733,8 +754,7 @@ def render_programs(in_dir: Path, out_dir: Path, workers: int | None = DEFAULT_W
         raise RenderError(f"cannot write to {out_dir} ({err.strerror}): choose an --out you can "
                           "write to") from err
     try:
-        return _render_held(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_s,
-                            max_attempts, timeout_s, max_full_scale, audio_format, progress, engine)
+        return _render_held(in_dir, out_dir, jobs, rejected, settings, progress, engine)
     finally:
         lock.close()
 
@@ -754,18 +774,17 @@ def _make_engine(engine: str | object, address: str | None):
     return engine
 
 
-def _render_held(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_s, max_attempts,
-                 timeout_s, max_full_scale, audio_format, progress, engine) -> RenderSummary:
+def _render_held(in_dir, out_dir, jobs, rejected, settings: RenderSettings, progress,
+                 engine) -> RenderSummary:
     """render_programs, once the output folder is held."""
     try:
-        return _render_on(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_s,
-                          max_attempts, timeout_s, max_full_scale, audio_format, progress, engine)
+        return _render_on(in_dir, out_dir, jobs, rejected, settings, progress, engine)
     finally:
         engine.close()  # the Ray engine's actors, and the servers they own, end here
 
 
-def _render_on(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_s, max_attempts,
-               timeout_s, max_full_scale, audio_format, progress, engine) -> RenderSummary:
+def _render_on(in_dir, out_dir, jobs, rejected, settings: RenderSettings, progress,
+               engine) -> RenderSummary:
     """render_programs, once the output folder is held and the engine made."""
     from tqdm import tqdm
 
@@ -782,17 +801,19 @@ def _render_on(in_dir, out_dir, jobs, rejected, workers, acceleration, headroom_
     logger.info("checking the %d finished clips against their hashes",
                 sum(1 for row in previous.values() if row["status"] == "ok"))
     todo = [j for j in jobs if not is_done(j, previous.get(j.id), out_dir)]
+    workers, headroom_s, max_full_scale = settings.workers, settings.headroom_s, settings.max_full_scale
+    audio_format = settings.audio_format
     if workers is None:  # the engine's default, for the cluster it finds
         workers = engine.default_workers()
     running = min(workers, len(todo))
     if running:
         engine.start(running)
-    factor = engine.resolve_acceleration(acceleration, out_dir / ".work")
+    factor = engine.resolve_acceleration(settings.acceleration, out_dir / ".work")
     logger.info("%d programs, %d already rendered, %d to render at x%g on %d workers",
                 len(jobs), len(jobs) - len(todo), len(todo), factor, workers)
     bar = tqdm(total=len(todo), unit="clip", disable=not progress, dynamic_ncols=True)
-    batch = _Batch(out_dir, out_dir / ".work", factor, headroom_s, max_attempts, timeout_s,
-                   max_full_scale, audio_format, bar, rows=previous, engine=engine)
+    batch = _Batch(out_dir, out_dir / ".work", factor, headroom_s, settings.max_attempts,
+                   settings.timeout_s, max_full_scale, audio_format, bar, rows=previous, engine=engine)
     for job in todo:
         batch.tasks.put(_Task(job, factor))
     batch.started = time.monotonic()

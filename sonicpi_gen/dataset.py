@@ -56,6 +56,11 @@ FOOTER_RESERVE_BYTES = 16_384  # kept free in each shard for the Parquet footer 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
                    (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"))
 DEFAULT_LICENSE = "mit"
+# The Hub id of the tutorial's licence (the `tutorial` rows carry it; sonicpi_gen.tutorial).
+TUTORIAL_LICENSE_ID = "cc-by-sa-4.0"
+# Stands for the Hub id in a card built without --repo-id; `dataset publish` puts the
+# real id in its place before the upload (sonicpi_gen.publish).
+REPO_ID_PLACEHOLDER = "ORG/NAME"
 PRETTY_NAME = "Sonic Pi code-audio pairs"
 TASK_CATEGORIES = ["text-to-audio", "feature-extraction"]
 TAGS = ["music", "audio", "code", "sonic-pi", "live-coding"]
@@ -306,9 +311,9 @@ class DatasetSummary:
         return self.clips / self.wall_s if self.wall_s else 0.0
 
 
-def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, max_shard_mb: float = DEFAULT_MAX_SHARD_MB,
-                  drop_clipped: bool = False, license: str = DEFAULT_LICENSE,
-                  repo_id: str | None = None, card_template: Path | None = None,
+def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, *,
+                  max_shard_mb: float = DEFAULT_MAX_SHARD_MB, drop_clipped: bool = False,
+                  license: str = DEFAULT_LICENSE, repo_id: str | None = None, card_template: Path | None = None,
                   configs: tuple[str, ...] = CONFIGS, progress: bool = False,
                   tutorial_dirs: list[Path] = ()) -> DatasetSummary:
     """Build the dataset folder from one or more renders folders (atomically).
@@ -321,11 +326,13 @@ def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, max_shard_mb: float
             clip larger than that gets a shard of its own.
         drop_clipped: leave out clips the render flagged clipped (they are counted either way).
         license: the card's licence id (Hub vocabulary: mit, cc-by-4.0, ...).
-        repo_id: the Hub id shown in the card's usage section (ORG/NAME when None).
+        repo_id: the Hub id in the card's examples and citation; None leaves ORG/NAME and
+            a paragraph saying so (`publish_dataset` writes the id in before uploading).
         card_template: the Jinja2 card template (default: the repository's dataset_card.md).
         configs: the configurations to write (default all: default, unseen_templates,
-            families, scenarios); unseen_templates repeats default's audio, so leaving it
-            out halves the size of a dataset of base programs.
+            tutorial, families, scenarios); unseen_templates repeats default's audio, so
+            leaving it out halves the size of a dataset of base programs (the card states
+            its size and how to rebuild its splits from default).
         progress: show a tqdm bar (clips/s).
         tutorial_dirs: renders folders of programs expanded from templates lifted from
             Sonic Pi's tutorial (`sonicpi-gen templatize`); their base programs make the
@@ -454,7 +461,8 @@ def dataset_stats(plan, reasons: dict, included: dict, splits: dict, drop_clippe
     durations = [s["duration_s"] for s in included.values()]
     clipped = sum(bool(s.get("clipped")) for s in included.values()) \
         + sum(r == "clipped" for r in reasons.values())
-    common = Counter((s["bpm"], s["bars"]) for s in included.values()).most_common(1)[0][0]
+    clips = _clip_rows(plan, included)
+    common = Counter((r["bpm"], r["bars"]) for r in clips).most_common(1)[0][0]
     return {
         "n_programs": len(template_of), "n_clips": len(included),
         "n_rows": sum(info["num_examples"] for info in splits.values()),
@@ -466,13 +474,32 @@ def dataset_stats(plan, reasons: dict, included: dict, splits: dict, drop_clippe
         "versions": {key: dict(sorted(Counter(s[col] for s in included.values()).items()))
                      for key, col in (("sonic_pi", "sonic_pi_version"), ("toolkit", "_toolkit"))},
         "bpm": common[0], "bars": common[1],
-        "other_bpms": sorted({s["bpm"] for s in included.values()} - {common[0]}),
+        "tempo": {key: _counts(r[key] for r in clips) for key in ("bpm", "bars", "acceleration", "attempts")},
         "held_out": {split: sorted(names) for split, names in held_out.items()},
         "tutorial_templates": {split: sorted(names) for split, names in tutorial.items()},
         "template_columns": columns,
         "templates": [{"name": t, "counts": {c: per_template[t][c] for c in columns},
                        "left_out": left_by_template[t]} for t in sorted(per_template)],
     }
+
+
+def _clip_rows(plan, included: dict) -> list[dict]:
+    """bpm, bars, acceleration and attempts of each distinct clip, as its row has them
+    (the render's status where a row has no such column)."""
+    clips = {}
+    for program, _ in plan:
+        status = included.get(program["id"])
+        if status is not None and program["id"] not in clips:
+            row = dataset_row(program, status, b"", "", status.get("_toolkit"))
+            clips[program["id"]] = {key: row.get(key, status.get(key))
+                                    for key in ("bpm", "bars", "acceleration", "attempts")}
+    return list(clips.values())
+
+
+def _counts(values) -> dict:
+    """{value: clips}, sorted by value; a missing value (an old renders folder) is "unknown"."""
+    counts = Counter("unknown" if v is None else v for v in values)
+    return dict(sorted(counts.items(), key=lambda kv: (isinstance(kv[0], str), kv[0])))
 
 
 def size_category(n: int) -> str:
@@ -488,9 +515,13 @@ def card_front_matter(features, splits: dict, license: str, n_examples: int) -> 
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCardData
 
-    card = DatasetCardData(license=license, task_categories=TASK_CATEGORIES, tags=TAGS,
-                           size_categories=[size_category(n_examples)], pretty_name=PRETTY_NAME)
     configs = [c for c in CONFIGS if any(key[0] == c for key in splits)]
+    licenses = [license]
+    if "tutorial" in configs and license != TUTORIAL_LICENSE_ID:  # its rows carry the tutorial's
+        licenses.append(TUTORIAL_LICENSE_ID)
+    card = DatasetCardData(license=licenses if len(licenses) > 1 else license,
+                           task_categories=TASK_CATEGORIES, tags=TAGS,
+                           size_categories=[size_category(n_examples)], pretty_name=PRETTY_NAME)
     MetadataConfigs({c: {"data_files": [{"split": s, "path": f"data/{c}/{s}-*"}
                                         for (cc, s) in splits if cc == c],
                          **({"default": True} if c == configs[0] else {})}
@@ -511,34 +542,71 @@ def card_front_matter(features, splits: dict, license: str, n_examples: int) -> 
 
 def card_context(stats: dict, features, splits: dict, settings: dict) -> dict:
     """Everything the card template (dataset_card.md) may use."""
+    from renderer.clip import CLIP_SECONDS, MAX_CLOCK_DRIFT_S
+    from renderer.fidelity import (CANDIDATE_FACTORS, ENVELOPE_TOLERANCE, ONSET_TOLERANCE_S,
+                                   SPECTRUM_TOLERANCE)
+
     configs = []
     for config in CONFIGS:
         counts = {s: info["num_examples"] for (c, s), info in splits.items() if c == config}
         if counts:
-            configs.append({"name": config, "description": CONFIG_DESCRIPTIONS[config], "splits": counts})
+            size = sum(info["download_size"] for (c, _), info in splits.items() if c == config)
+            configs.append({"name": config, "description": CONFIG_DESCRIPTIONS[config],
+                            "splits": counts, "mb": size / MB})
+    total_mb = sum(c["mb"] for c in configs)
+    repo_id = settings["repo_id"] or REPO_ID_PLACEHOLDER
     return {
         **stats,
         "front_matter": card_front_matter(features, splits, settings["license"], stats["n_clips"]),
         "pretty_name": PRETTY_NAME, "configs": configs,
         "config_names": [c["name"] for c in configs],
-        "bpm_text": _bpm_text(stats),
+        "config_mb": {c["name"]: c["mb"] for c in configs}, "total_mb": total_mb,
+        "configs_but_unseen": ",".join(c["name"] for c in configs if c["name"] != "unseen_templates"),
+        "bpm_text": _tempo_text(stats["tempo"]["bpm"], stats["tempo"]["bars"]),
+        "acceleration_text": _acceleration_text(stats["tempo"]["acceleration"]),
         "clip_text": _clip_text(stats["durations"]),
         "cuts": [round(100 * c) for c in SPLIT_CUTS],
         "held_out_percent": round(100 * HELD_OUT_FRACTION),
         "status_reasons": LEFT_OUT_REASONS, "license": settings["license"],
         "tutorial_license": TUTORIAL_LICENSE,
-        "repo_id": settings["repo_id"] or "ORG/NAME",
+        "repo_id": repo_id, "repo_id_known": bool(settings["repo_id"]),
+        "repo_id_placeholder": REPO_ID_PLACEHOLDER,
+        "bibtex_key": "".join(ch if ch.isalnum() else "_" for ch in repo_id.split("/")[-1]).strip("_").lower()
+        if settings["repo_id"] else "sonicpi_code_audio",
+        "render": {"clip_s": CLIP_SECONDS, "max_drift_ms": MAX_CLOCK_DRIFT_S * 1000,
+                   "factors": [float(f) for f in CANDIDATE_FACTORS],
+                   "onset_ms": ONSET_TOLERANCE_S * 1000, "spectrum_tolerance": SPECTRUM_TOLERANCE,
+                   "envelope_tolerance": ENVELOPE_TOLERANCE},
         "build": {"tool_version": __version__, "max_shard_mb": settings["max_shard_mb"]},
     }
 
 
-def _bpm_text(stats: dict) -> str:
-    text = f"{stats['bpm']:g} BPM, {stats['bars']:g} bars of 4/4"
-    others = stats["other_bpms"]  # programs that set their own tempo (the bpm family)
-    if others:
-        tempi = f"{others[0]:g}" if len(others) == 1 else f"{others[0]:g} to {others[-1]:g}"
-        text += f"; {tempi} BPM where the program sets its own tempo"
-    return text
+def _tempo_text(bpm: dict, bars: dict) -> str:
+    """The tempos and clip lengths in bars of the clips, most common first, in words."""
+    def spread(counts: dict, unit: str) -> str:
+        known = {v: n for v, n in counts.items() if v != "unknown"}
+        if not known:
+            return f"{unit} not recorded"
+        top = max(known, key=lambda v: (known[v], -v))
+        if len(known) == 1:
+            return f"{top:g} {unit}"
+        rest = sorted(v for v in known if v != top)
+        others = f"{rest[0]:g}" if len(rest) == 1 else f"{rest[0]:g}-{rest[-1]:g}"
+        n_others = sum(known.values()) - known[top]
+        return f"{top:g} {unit} for {known[top]} clips, {others} for the other {n_others}"
+    return f"{spread(bpm, 'BPM')}; {spread(bars, 'bars of 4/4')}"
+
+
+def _acceleration_text(factors: dict) -> str:
+    """How fast the clips were rendered, in words: "all 38 clips on a clock accelerated x8"."""
+    known = {f: n for f, n in factors.items() if f != "unknown"}
+    if not known:
+        return "at a clock factor not recorded"
+    total, top = sum(factors.values()), max(known, key=lambda f: (known[f], f))
+    where = "in real time" if top == 1 else f"on a clock accelerated x{top:g}"
+    if known[top] == total:
+        return f"all {total} clips {where}"
+    return f"{known[top]} of {total} clips {where}, the others at other factors"
 
 
 def _clip_text(durations: dict) -> str:

@@ -14,6 +14,7 @@ import random
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,10 @@ MAX_DRAWS_PER_PROGRAM = 50
 # Tempi for the bpm perturbation family (the base is 120).
 FAMILY_BPMS = (80, 90, 100, 110, 130, 140, 150, 160, 170, 180)
 FAMILY_PARAMS = ("amp", "sleep", "bpm", "synth", "cutoff", "release", "sample", "fx", "note")
+DEFAULT_FAMILY_PARAMS = ("sleep", "amp", "bpm", "synth")  # the families `sonicpi-gen perturb` writes
 SCENARIOS = ("melody", "drum", "bass")
+DEFAULT_PROGRAMS = 20  # distinct programs per template
+DEFAULT_VARIANTS = 10  # variants per family, candidates per scenario
 
 
 
@@ -93,8 +97,9 @@ def draw_programs(grammar: Grammar, n: int, seed: int) -> list[Program]:
                       "program text: widen its grammar or lower --n")
 
 
-def expand_templates(out_dir: Path, n: int, seed: int = 0, templates: list[str] | None = None,
-                     templates_dir: Path = TEMPLATES_DIR, check: bool = False) -> list[Program]:
+def expand_templates(out_dir: Path, n: int = DEFAULT_PROGRAMS, seed: int = 0,
+                     templates: list[str] | None = None, templates_dir: Path = TEMPLATES_DIR,
+                     check: bool = False) -> list[Program]:
     """Write n distinct programs per template to out_dir (atomically) and return them."""
     grammars = _load(templates, templates_dir)
     programs = [p for g in grammars for p in draw_programs(g, n, seed)]
@@ -118,7 +123,8 @@ def expand_defaults(out_dir: Path, templates: list[str] | None = None,
     return programs
 
 
-def expand_families(out_dir: Path, params: list[str], k: int = 10, seed: int = 0,
+def expand_families(out_dir: Path, params: Sequence[str] = DEFAULT_FAMILY_PARAMS,
+                    k: int = DEFAULT_VARIANTS, seed: int = 0,
                     templates: list[str] | None = None, templates_dir: Path = TEMPLATES_DIR,
                     check: bool = False) -> list[Program]:
     """Perturbation families: a base program and k variants differing in one parameter.
@@ -137,7 +143,7 @@ def expand_families(out_dir: Path, params: list[str], k: int = 10, seed: int = 0
         base = draw_programs(grammar, 1, seed)[0]
         for param in params:
             programs += _family(grammar, base, param, k, seed)
-    settings = {"command": "perturb", "params": params, "k": k, "seed": seed,
+    settings = {"command": "perturb", "params": list(params), "k": k, "seed": seed,
                 "templates": sorted({p.template for p in programs})}
     write_programs(out_dir, programs, settings, check=check)
     return programs
@@ -175,7 +181,8 @@ def _family(grammar: Grammar, base: Program, param: str, k: int, seed: int) -> l
     return members
 
 
-def expand_scenarios(out_dir: Path, scenarios: list[str], k: int = 10, seed: int = 0,
+def expand_scenarios(out_dir: Path, scenarios: Sequence[str] = SCENARIOS,
+                     k: int = DEFAULT_VARIANTS, seed: int = 0,
                      templates: list[str] | None = None, templates_dir: Path = TEMPLATES_DIR,
                      check: bool = False) -> list[Program]:
     """Code-completion scenarios: k complete programs sharing everything but one part.
@@ -192,8 +199,12 @@ def expand_scenarios(out_dir: Path, scenarios: list[str], k: int = 10, seed: int
     grammars = _load(templates, templates_dir)
     for scenario in scenarios:
         if not any(s.part == scenario for g in grammars for s in g.slots.values()):
+            having = sorted({g.name for g in _load(None, templates_dir)
+                             for s in g.slots.values() if s.part == scenario})
             raise ExpandError(f"no template among {[g.name for g in grammars]} has slots of part "
-                              f"{scenario!r}: nothing to complete for the {scenario} scenario")
+                              f"{scenario!r}: nothing to complete for the {scenario} scenario; "
+                              f"leave it out of --scenarios, or add a template that has such "
+                              f"slots ({', '.join(having) or 'none in ' + str(templates_dir)})")
     for grammar in grammars:
         base = draw_programs(grammar, 1, seed)[0]
         for scenario in scenarios:
@@ -215,7 +226,7 @@ def expand_scenarios(out_dir: Path, scenarios: list[str], k: int = 10, seed: int
             programs += [Program(grammar.name, i, base.draw, seed, params, code, scenario=scenario,
                                  group_id=group, varied=",".join(sorted(part_slots)), prompt=prompt)
                          for i, (params, code) in enumerate(candidates)]
-    settings = {"command": "scenarios", "scenarios": scenarios, "k": k, "seed": seed,
+    settings = {"command": "scenarios", "scenarios": list(scenarios), "k": k, "seed": seed,
                 "templates": sorted({p.template for p in programs})}
     write_programs(out_dir, programs, settings, check=check)
     return programs

@@ -9,9 +9,12 @@ run again. Either way, run the same command again after an interruption.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from sonicpi_gen.dataset import REPO_ID_PLACEHOLDER
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +24,10 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*
 NO_TOKEN_MESSAGE = ("no Hugging Face token found: log in with `huggingface-cli login` (`hf auth "
                     "login` in recent huggingface_hub) or set HF_TOKEN to a token with write "
                     "access, then run the command again (--dry-run needs no token)")
+
+
+# The card's paragraph saying the id is not set (dataset_card.md), removed once it is.
+REPO_ID_NOTICE_RE = re.compile(r"<!-- repo-id-notice.*?<!-- /repo-id-notice -->\n*", re.S)
 
 
 class PublishError(ValueError):
@@ -33,6 +40,7 @@ class PublishResult:
     files: list  # (path relative to the folder, bytes), in upload order
     uploaded: bool
     url: str | None = None
+    card_filled: bool = False  # the card said ORG/NAME: the repo id was (or, dry run, would be) written in
 
     @property
     def total_bytes(self) -> int:
@@ -51,15 +59,39 @@ def list_upload_files(dataset_dir: Path) -> list[tuple[str, int]]:
     return files
 
 
-def publish_dataset(dataset_dir: Path, repo_id: str, private: bool = False, dry_run: bool = False,
+def fill_repo_id(card: Path, repo_id: str, dry_run: bool = False) -> bool:
+    """Write repo_id where a card built without --repo-id says ORG/NAME, and drop its
+    "Repository id not set" paragraph (atomically). Returns whether the card said ORG/NAME;
+    with dry_run the file is left as it is."""
+    card = Path(card)
+    text = card.read_text()
+    if REPO_ID_PLACEHOLDER not in text:
+        if f"datasets/{repo_id}" not in text:
+            logger.warning("%s names another repository than %s; rebuild it with --repo-id %s "
+                           "for a card whose examples load this one", card, repo_id, repo_id)
+        return False
+    if not dry_run:
+        tmp = card.with_name(f".{card.name}.tmp-{os.getpid()}")
+        tmp.write_text(REPO_ID_NOTICE_RE.sub("", text).replace(REPO_ID_PLACEHOLDER, repo_id))
+        tmp.replace(card)
+    logger.info("%s: %s %s in place of %s", card, "would write" if dry_run else "wrote", repo_id,
+                REPO_ID_PLACEHOLDER)
+    return True
+
+
+def publish_dataset(dataset_dir: Path, repo_id: str, *, private: bool = False, dry_run: bool = False,
                     token: str | None = None) -> PublishResult:
     """Create the Hub dataset repository (if needed) and upload the folder to it.
+
+    A card built without --repo-id (its examples say ORG/NAME) gets repo_id written in
+    first (fill_repo_id), so the published card loads the repository it is in.
 
     Args:
         dataset_dir: a folder made by build_dataset (README.md, data/<config>/*.parquet).
         repo_id: ORG/NAME on the Hub.
         private: create the repository private (an existing one keeps its visibility).
-        dry_run: only list the files and sizes that would go up; needs no token.
+        dry_run: only list the files and sizes that would go up; needs no token, and
+            leaves the card as it is.
         token: a Hub token; default huggingface_hub.get_token() (HF_TOKEN, or the one
             saved by `huggingface-cli login`).
     """
@@ -71,10 +103,12 @@ def publish_dataset(dataset_dir: Path, repo_id: str, private: bool = False, dry_
     if not REPO_ID_RE.match(repo_id):
         raise PublishError(f"repo id {repo_id!r} must be ORG/NAME (letters, digits, '-', '_', '.'), "
                            "e.g. my-org/sonicpi-code-audio")
+    # A card built without --repo-id gets the id now, so its examples load this repository.
+    filled = fill_repo_id(dataset_dir / "README.md", repo_id, dry_run)
     files = list_upload_files(dataset_dir)
     if dry_run:
         return PublishResult(repo_id, files, uploaded=False,
-                             url=f"https://huggingface.co/datasets/{repo_id}")
+                             url=f"https://huggingface.co/datasets/{repo_id}", card_filled=filled)
     from huggingface_hub import HfApi, get_token
 
     token = token or get_token()
@@ -89,4 +123,4 @@ def publish_dataset(dataset_dir: Path, repo_id: str, private: bool = False, dry_
         api.upload_folder(repo_id=repo_id, folder_path=str(dataset_dir), repo_type=REPO_TYPE,
                           commit_message="Upload dataset with sonicpi-gen",
                           ignore_patterns=[".*", ".*/**", "**/.*", "**/.*/**"])
-    return PublishResult(repo_id, files, uploaded=True, url=str(url))
+    return PublishResult(repo_id, files, uploaded=True, url=str(url), card_filled=filled)

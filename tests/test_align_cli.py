@@ -1,5 +1,7 @@
 """Every `align` command, really run through click on tiny synthetic embeddings."""
 
+import dataclasses
+import inspect
 import json
 import sys
 import types
@@ -10,9 +12,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import click  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from align.cli import main  # noqa: E402
+from align.config import TrainConfig  # noqa: E402
 from align.synthetic import write_synthetic_embeddings  # noqa: E402
 
 DIM = 16
@@ -36,6 +40,46 @@ def invoke(*args):
     res = CliRunner().invoke(main, [str(a) for a in args])
     assert res.exit_code == 0, res.output + repr(res.exception)
     return res
+
+
+def library_defaults(fn, names=None) -> dict:
+    """fn's parameter defaults, under the option names the CLI gives them."""
+    names = names or {}
+    return {names.get(p.name, p.name): p.default for p in inspect.signature(fn).parameters.values()
+            if p.default is not inspect.Parameter.empty}
+
+
+def option_defaults(command: str) -> dict:
+    """The values a command's parameters take when not given (a flag's: False)."""
+    ctx = click.Context(main.commands[command])
+    return {p.name: p.get_default(ctx) for p in main.commands[command].params}
+
+
+def test_train_options_default_to_train_config():
+    from align.train import train_aligner
+
+    names = {"out": "out_dim", "config": "data_config"}  # options renamed beside --out, --config
+    defaults = option_defaults("train")
+    for f in dataclasses.fields(TrainConfig):
+        assert defaults[names.get(f.name, f.name)] == f.default, f.name
+    for name, value in library_defaults(train_aligner).items():
+        if name != "cfg":
+            assert defaults[name] == value, name
+
+
+@pytest.mark.parametrize("command, fn, names", [
+    ("sweep", "align.sweep.run_sweep", {}),
+    ("report", "align.report.build_report", {"config": "data_config", "sweep": "sweep_dir"}),
+    ("compare", "align.compare.compare_encoders", {}),
+    ("rank", "align.rank.rank_programs", {}),
+])
+def test_options_default_to_the_library_functions(command, fn, names):
+    module, name = fn.rsplit(".", 1)
+    library = library_defaults(getattr(__import__(module, fromlist=[name]), name), names)
+    defaults = option_defaults(command)
+    shared = sorted(set(library) & set(defaults))
+    assert shared, f"{command} has no option beside {fn}'s parameters"
+    assert {k: defaults[k] for k in shared} == {k: library[k] for k in shared}
 
 
 def test_train_writes_config_checkpoint_and_metrics(run_dir):

@@ -418,15 +418,15 @@ def test_publish_refuses_a_bad_repo_id(built, repo_id):
 
 @pytest.mark.sonicpi
 def test_real_render_to_dataset(tmp_path):
-    from renderer.render import render_programs
+    from renderer.render import RenderSettings, render_programs
     from renderer.server import sonic_pi_installed
     from sonicpi_gen.expand import expand_templates
 
     if not sonic_pi_installed():
         pytest.skip("Sonic Pi server stack not installed (scripts/setup.sh installs it)")
     programs = expand_templates(tmp_path / "programs", 2, seed=0, templates=["haunted"])
-    summary = render_programs(tmp_path / "programs", tmp_path / "renders", workers=1,
-                              acceleration=8.0, progress=False)
+    summary = render_programs(tmp_path / "programs", tmp_path / "renders",
+                              RenderSettings(workers=1, acceleration=8.0), progress=False)
     assert summary.counts.get("ok", 0) >= 1, summary.counts
     built = build_dataset(tmp_path / "renders", tmp_path / "dataset")
     assert built.clips == summary.counts["ok"]

@@ -15,8 +15,8 @@ transformers = pytest.importorskip("transformers")
 from click.testing import CliRunner  # noqa: E402
 from scipy.signal import resample_poly  # noqa: E402
 
-from embed import (EmbedSettingsError, ModelUnavailableError, embed_dataset,  # noqa: E402
-                   load_audio_encoder, load_code_encoder, read_embeddings)
+from embed import (EmbedResult, EmbedSettings, EmbedSettingsError, ModelUnavailableError,  # noqa: E402
+                   embed_dataset, load_audio_encoder, load_code_encoder, read_embeddings)
 from embed.cli import embed_command  # noqa: E402
 from embed.dataset import read_dataset_index  # noqa: E402
 from embed.pipeline import output_dir  # noqa: E402
@@ -277,10 +277,10 @@ def test_populated_hub_cache_loads_without_network(tmp_path, code_model, monkeyp
 # ---------------------------------------------------------------- the stage
 
 
-def run(dataset, out, code_model, audio_model, **kw):
-    kw.setdefault("num_workers", 0)
-    kw.setdefault("progress", False)
-    return embed_dataset(dataset, out, str(code_model), str(audio_model), **kw)
+def run(dataset, out, code_model, audio_model, **settings):
+    settings.setdefault("num_workers", 0)
+    return embed_dataset(dataset, out, EmbedSettings(code_model=str(code_model), audio_model=str(audio_model),
+                                                     **settings), progress=False)
 
 
 def test_embed_dataset_writes_the_contract(dataset, tmp_path, code_model, audio_model, encoders):
@@ -428,6 +428,21 @@ def test_cli_embeds_and_reports(dataset, tmp_path, code_model, audio_model):
     assert "licence apache-2.0" in result.output
     again = CliRunner().invoke(embed_command, args)
     assert again.exit_code == 0 and "wrote 4 rows (0 new)" in again.output
+
+
+def test_cli_defaults_are_embed_settings_defaults(dataset, tmp_path, monkeypatch):
+    import embed.cli
+
+    seen = {}
+
+    def fake_embed(dataset, out_dir, settings, **kw):
+        seen.update(settings=settings, **kw)
+        return EmbedResult(path=tmp_path / "x", rows=0, new_rows=0)
+
+    monkeypatch.setattr(embed.cli, "embed_dataset", fake_embed)
+    result = CliRunner().invoke(embed_command, ["--dataset", str(dataset)])
+    assert result.exit_code == 0, result.output
+    assert seen["settings"] == EmbedSettings() and seen["progress"] is True
 
 
 def test_cli_help_lists_licences():

@@ -12,7 +12,7 @@ import soundfile as sf
 
 torch = pytest.importorskip("torch")
 
-from embed import embed_dataset, load_audio_encoder, load_code_encoder  # noqa: E402
+from embed import EmbedSettings, embed_dataset, load_audio_encoder, load_code_encoder  # noqa: E402
 from embed import offline  # noqa: E402
 from embed.encoders import ENCODERS, ModelUnavailableError  # noqa: E402
 from tests.test_embed import PROGRAMS, make_dataset  # noqa: E402
@@ -73,7 +73,8 @@ def test_missing_package_is_a_clear_error(monkeypatch):
 
 def test_embed_stage_on_packaged_weights(tmp_path):
     dataset = make_dataset(tmp_path / "dataset")
-    res = embed_dataset(dataset, tmp_path / "emb", "wordllama", "crepe-tiny", num_workers=0, progress=False)
+    res = embed_dataset(dataset, tmp_path / "emb", EmbedSettings(code_model="wordllama", audio_model="crepe-tiny",
+                                                                 num_workers=0), progress=False)
     assert res.path == tmp_path / "emb/wordllama-l2-supercat__crepe-tiny/embeddings.parquet"
     assert res.rows == 6 and not res.failed
     table = pq.read_table(res.path)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,7 +19,7 @@ import renderer.render as render
 from renderer.clip import ClipResult
 from renderer.fidelity import (FidelityReport, cached_factor, forget_calibration, node_type,
                                node_type_key, store_factor)
-from renderer.render import RenderError, _Task, read_status, render_programs
+from renderer.render import RenderError, RenderSettings, _Task, read_status, render_programs
 from renderer.sandbox import bubblewrap_installed
 from renderer.server import sonic_pi_installed
 from sonicpi_gen.cli import main
@@ -45,7 +46,7 @@ def test_address_without_engine_ray_is_refused(tmp_path):
                                        str(tmp_path / "out"), "--address", "10.0.0.1:6379"])
     assert result.exit_code == 1 and "--address 10.0.0.1:6379 is for --engine ray" in result.output
     with pytest.raises(ValueError, match="--engine 'spark' is not known; choose 'local' or 'ray'"):
-        render_programs(tmp_path / "programs", tmp_path / "out", engine="spark")
+        render_programs(tmp_path / "programs", tmp_path / "out", RenderSettings(engine="spark"))
 
 
 def test_node_boot_slots_let_that_many_boots_through_at_once(tmp_path, monkeypatch):
@@ -166,8 +167,8 @@ def test_no_cluster_at_the_address_is_one_clear_error(tmp_path):
     (tmp_path / "programs").mkdir()
     (tmp_path / "programs" / "a.rb").write_text("play 60\n")
     with pytest.raises(RenderError, match=r"no Ray cluster at 127\.0\.0\.1:9 \(Connection refused\): start one with `ray start --head`"):
-        render_programs(tmp_path / "programs", tmp_path / "out", engine=RayEngine("127.0.0.1:9"),
-                        acceleration=4, progress=False)
+        render_programs(tmp_path / "programs", tmp_path / "out",
+                        RenderSettings(engine=RayEngine("127.0.0.1:9"), acceleration=4), progress=False)
 
 
 # -- real Sonic Pi servers on the local Ray cluster -----------------------------------
@@ -191,11 +192,11 @@ def test_27_programs_on_ray_give_the_local_engines_status_rows(cluster, tmp_path
     from sonicpi_gen.expand import expand_templates
     from tests.test_render import FACTOR, stack_processes, wait_until
     expand_templates(tmp_path / "programs", n=1, seed=0)  # one program of each of the 27 templates
-    on_ray = render_programs(tmp_path / "programs", tmp_path / "ray", workers=6, acceleration=FACTOR,
-                             progress=False, engine="ray", address=cluster.address)
+    on_ray = render_programs(tmp_path / "programs", tmp_path / "ray", RenderSettings(
+        workers=6, acceleration=FACTOR, engine="ray", address=cluster.address), progress=False)
     assert wait_until(lambda: not stack_processes(anyone=True), 15), stack_processes(anyone=True)
-    local = render_programs(tmp_path / "programs", tmp_path / "local", workers=6,
-                            acceleration=FACTOR, progress=False)
+    local = render_programs(tmp_path / "programs", tmp_path / "local",
+                            RenderSettings(workers=6, acceleration=FACTOR), progress=False)
     assert on_ray.counts == {"ok": 27}, [(r["id"], r["status"], r["message"]) for r in on_ray.rows]
     assert local.counts == {"ok": 27}, [(r["id"], r["status"], r["message"]) for r in local.rows]
     ray_rows = pq.read_table(tmp_path / "ray" / "status.parquet").to_pylist()
@@ -222,7 +223,8 @@ def test_an_actor_killed_mid_batch_is_replaced_and_no_clip_is_lost(cluster, tmp_
     engine = RayEngine(cluster.address)
     out, result = tmp_path / "renders", {}
     thread = threading.Thread(target=lambda: result.update(summary=render_programs(
-        tmp_path / "programs", out, workers=2, acceleration=FACTOR, progress=False, engine=engine)))
+        tmp_path / "programs", out, RenderSettings(workers=2, acceleration=FACTOR, engine=engine),
+        progress=False)))
     thread.start()
     journal = out / "status.jsonl"
     assert wait_until(lambda: journal.exists() and journal.read_text().count("\n") >= 1, 180)
@@ -270,8 +272,8 @@ def test_resume_after_the_driver_is_killed_renders_only_what_was_missing(cluster
     journal = out / "status.jsonl"
     assert wait_until(lambda: journal.exists() and journal.read_text().count("\n") >= 1, 180)
     with pytest.raises(RenderError, match="being written by a render that is still running"):
-        render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False,
-                        engine="ray", address=cluster.address)
+        render_programs(programs, out, RenderSettings(workers=1, acceleration=FACTOR, engine="ray",
+                                                      address=cluster.address), progress=False)
     assert cluster_actor_processes(cluster) and stack_processes(anyone=True)  # what the kill must end
     driver.send_signal(signal.SIGKILL)  # no cleanup code of the driver runs
     driver.wait(timeout=60)
@@ -280,8 +282,8 @@ def test_resume_after_the_driver_is_killed_renders_only_what_was_missing(cluster
     assert wait_until(lambda: not stack_processes(anyone=True), 30), stack_processes(anyone=True)
     done = {i for i, row in read_status(out).items() if row["status"] == "ok"}
     assert 1 <= len(done) < 4
-    summary = render_programs(programs, out, workers=2, acceleration=FACTOR, progress=False,
-                              engine="ray", address=cluster.address)
+    summary = render_programs(programs, out, RenderSettings(workers=2, acceleration=FACTOR, engine="ray",
+                                                            address=cluster.address), progress=False)
     assert summary.skipped == len(done) and summary.rendered == 4 - len(done)
     rows = pq.read_table(out / "status.parquet").to_pylist()
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), \
@@ -313,15 +315,13 @@ def test_embed_on_ray_writes_the_local_embeddings_and_resumes(cluster, dataset, 
                                                               code_model, audio_model):
     import numpy as np
 
-    from embed import embed_dataset
-    local = embed_dataset(dataset, tmp_path / "local", str(code_model), str(audio_model),
-                          num_workers=0, progress=False)
-    first = embed_dataset(dataset, tmp_path / "ray", str(code_model), str(audio_model), limit=2,
-                          progress=False, engine="ray", address=cluster.address, actors=2)
+    from embed import EmbedSettings, embed_dataset
+    models = EmbedSettings(code_model=str(code_model), audio_model=str(audio_model))
+    local = embed_dataset(dataset, tmp_path / "local", replace(models, num_workers=0), progress=False)
+    on_ray = replace(models, engine="ray", address=cluster.address, actors=2)
+    first = embed_dataset(dataset, tmp_path / "ray", replace(on_ray, limit=2), progress=False)
     assert first.rows == 2 and first.audio_computed == 2
-    second = embed_dataset(dataset, tmp_path / "ray", str(code_model), str(audio_model),
-                           progress=False, engine="ray", address=cluster.address, actors=2,
-                           checkpoint_every=2)
+    second = embed_dataset(dataset, tmp_path / "ray", replace(on_ray, checkpoint_every=2), progress=False)
     # resumed: d4 and a1 were done; b2, c3, e5 new; scenarios/a1 reuses a1's vectors
     assert second.rows == 6 and second.new_rows == 4 and not second.failed
     assert second.code_computed == 3 and second.audio_computed == 3

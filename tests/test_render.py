@@ -25,7 +25,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 import renderer.clip as clip_module
 from renderer.clip import CLIP_FRAMES, MAX_CLOCK_DRIFT_S, find_marker, render_clip_retrying
 from renderer.fidelity import METRONOME, check_fidelity, grid_error, onset_times
-from renderer.render import RenderError, read_status, render_programs
+from renderer.render import RenderError, RenderSettings, read_status, render_programs
 from renderer.sandbox import SANDBOX_UID_BASE, bubblewrap_installed, sandbox_uids, scratch_root
 from renderer.server import LOG_SENTINEL_NODE, SAMPLE_RATE, ServerError, SonicPiServer, sonic_pi_installed
 from sonicpi_gen.expand import expand_templates
@@ -217,7 +217,7 @@ def test_resume_after_a_killed_run_renders_only_what_was_missing(programs, tmp_p
     assert wait_until(lambda: journal.exists() and journal.read_text().count("\n") >= 1, 120)
     # the lock is held: a second render into the same folder is refused
     with pytest.raises(RenderError, match="being written by a render that is still running"):
-        render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)
+        render_programs(programs, out, RenderSettings(workers=1, acceleration=FACTOR), progress=False)
     proc.send_signal(sig)  # SIGKILL: no cleanup code of the renderer runs; the sandboxes die with it
     proc.wait(timeout=60)
     assert wait_until(lambda: not stack_processes(proc.pid), 15), stack_processes(proc.pid)
@@ -225,7 +225,7 @@ def test_resume_after_a_killed_run_renders_only_what_was_missing(programs, tmp_p
         or sig == signal.SIGKILL  # a killed renderer's scratch is removed by the next render
     done = {i for i, row in read_status(out).items() if row["status"] == "ok"}
     assert 1 <= len(done) < 4
-    summary = render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)
+    summary = render_programs(programs, out, RenderSettings(workers=1, acceleration=FACTOR), progress=False)
     assert summary.skipped == len(done) and summary.rendered == 4 - len(done)
     rows = pq.read_table(out / "status.parquet").to_pylist()
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), \
@@ -233,7 +233,7 @@ def test_resume_after_a_killed_run_renders_only_what_was_missing(programs, tmp_p
     for row in rows:
         audio, rate = sf.read(out / row["path"], dtype="int16")
         assert audio.shape == (793800, 2) and rate == 44100 and row["sonic_pi_version"] == "3.2.2"
-    again = render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)
+    again = render_programs(programs, out, RenderSettings(workers=1, acceleration=FACTOR), progress=False)
     assert again.rendered == 0 and again.skipped == 4
     assert not stack_processes()
     assert not Path(scratch_root().parent / f"sonicpi-gen-{os.getuid()}-{proc.pid}").exists()
@@ -243,7 +243,8 @@ def test_a_server_killed_mid_run_is_replaced_and_no_clip_is_lost(programs, tmp_p
     out = tmp_path / "renders"
     result = {}
     thread = threading.Thread(target=lambda: result.update(
-        summary=render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)))
+        summary=render_programs(programs, out, RenderSettings(workers=1, acceleration=FACTOR),
+                                progress=False)))
     thread.start()
     journal = out / "status.jsonl"
     assert wait_until(lambda: journal.exists() and journal.read_text().count("\n") >= 1, 180)
@@ -268,8 +269,8 @@ def test_accelerated_render_matches_real_time(tmp_path):
 
 def test_every_template_renders_and_sounds_for_all_9_bars(tmp_path):
     expand_templates(tmp_path / "programs", n=1, seed=3)
-    summary = render_programs(tmp_path / "programs", tmp_path / "renders", workers=2,
-                              acceleration=FACTOR, progress=False)
+    summary = render_programs(tmp_path / "programs", tmp_path / "renders",
+                              RenderSettings(workers=2, acceleration=FACTOR), progress=False)
     rows = {r["template"]: r for r in summary.rows}
     assert len(rows) == 27
     assert {t: r["status"] for t, r in rows.items() if r["status"] != "ok"} == {}
@@ -347,7 +348,7 @@ def test_hostile_programs_and_state_changes_leave_nothing_and_the_next_clip_as_o
         (programs / f"{name}.rb").write_text(code)
     out = tmp_path / "renders"
     before = set(Path("/tmp").iterdir())
-    summary = render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)
+    summary = render_programs(programs, out, RenderSettings(workers=1, acceleration=FACTOR), progress=False)
     rows = {row["source"]: row for row in summary.rows}
     assert len(rows) == len(names)  # every file accounted for
     assert wait_until(lambda: not stack_processes(), 10), stack_processes()
@@ -389,7 +390,7 @@ def test_a_program_longer_than_one_osc_message_renders(server):
 
 def test_a_damaged_clip_is_rendered_again_on_resume(programs, tmp_path):
     out = tmp_path / "renders"
-    first = render_programs(programs, out, workers=2, acceleration=FACTOR, progress=False)
+    first = render_programs(programs, out, RenderSettings(workers=2, acceleration=FACTOR), progress=False)
     assert first.counts == {"ok": 4}
     rows = sorted(first.rows, key=lambda r: r["id"])
     cut, zeroed = out / rows[0]["path"], out / rows[1]["path"]
@@ -398,7 +399,7 @@ def test_a_damaged_clip_is_rendered_again_on_resume(programs, tmp_path):
     data[20000:24000] = bytes(4000)
     zeroed.write_bytes(bytes(data))
     (out / "status.jsonl").write_text("not json\n\xff\n")  # a damaged journal is skipped
-    again = render_programs(programs, out, workers=1, acceleration=FACTOR, progress=False)
+    again = render_programs(programs, out, RenderSettings(workers=1, acceleration=FACTOR), progress=False)
     assert again.rendered == 2 and again.skipped == 2
     for row in again.rows:
         assert hashlib.sha256((out / row["path"]).read_bytes()).hexdigest() == row["audio_sha256"]
@@ -408,7 +409,7 @@ def test_twelve_workers_render_a_batch_on_two_cores(tmp_path):
     expand_templates(tmp_path / "programs", n=1, seed=5, templates=[
         "acid", "ambient", "bach", "blip_rhythm", "chord_inversions", "echo_drama", "jungle",
         "monday_blues", "ocean", "reich_phase", "shufflit", "tron_bike"])
-    summary = render_programs(tmp_path / "programs", tmp_path / "renders", workers=12,
-                              acceleration=FACTOR, progress=False)
+    summary = render_programs(tmp_path / "programs", tmp_path / "renders",
+                              RenderSettings(workers=12, acceleration=FACTOR), progress=False)
     assert summary.counts == {"ok": 12}, [(r["id"], r["status"], r["message"]) for r in summary.rows]
     assert wait_until(lambda: not stack_processes(), 10), stack_processes()
