@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from renderer.clip import CLIP_SECONDS, render_clip_retrying
+from renderer.clip import CLIP_SECONDS, MAX_CLOCK_DRIFT_S, render_clip_retrying
 from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,15 @@ class FidelityReport:
     envelope_correlation: float
     realtime_envelope_correlation: float
     passed: bool
+
+
+def recorded_checks() -> dict:
+    """The rules that let a clip be rendered on an accelerated clock, as a render's
+    provenance.json records them (the dataset card quotes them from there)."""
+    return {"candidate_factors": [float(f) for f in CANDIDATE_FACTORS],
+            "onset_tolerance_ms": ONSET_TOLERANCE_S * 1000,
+            "spectrum_tolerance": SPECTRUM_TOLERANCE, "envelope_tolerance": ENVELOPE_TOLERANCE,
+            "max_drift_ms": MAX_CLOCK_DRIFT_S * 1000}
 
 
 def onset_times(audio: np.ndarray, threshold: float = 0.05, gap_s: float = 0.05) -> np.ndarray:

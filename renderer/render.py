@@ -853,9 +853,11 @@ def _render_on(in_dir, out_dir, jobs, rejected, settings: RenderSettings, progre
 
 def _write_provenance(out_dir, in_dir, factor, workers, headroom_s, max_full_scale,
                       audio_format, versions, tool_version, engine: dict) -> None:
+    from renderer.fidelity import recorded_checks
+
     settings = {"acceleration": factor, "workers": workers, "headroom_s": headroom_s,
                 "max_full_scale": max_full_scale, "audio_format": audio_format,
                 "default_bpm": BPM, "clip_seconds": CLIP_SECONDS, "sample_rate": SAMPLE_RATE,
-                **engine}
+                "checks": recorded_checks(), **engine}
     write_provenance(out_dir, make_provenance("render", "sonicpi-gen render", settings,
                                               [Path(in_dir).resolve()], versions))

@@ -205,6 +205,14 @@ def read_renders(in_dirs: list[Path]) -> tuple[list[dict], dict[str, dict]]:
     return list(manifest.values()), statuses
 
 
+def render_checks(in_dirs: list[Path]) -> dict | None:
+    """The accelerated-clock rules the renders were made under, as their provenance.json
+    records them (`settings.checks`); None when a folder predates that record or the
+    folders disagree (the card then says so rather than quote another version's rules)."""
+    found = [read_provenance(d).get("settings", {}).get("checks") for d in in_dirs]
+    return found[0] if found and found[0] and all(c == found[0] for c in found) else None
+
+
 def _render_tool_version(in_dir: Path) -> str:
     return read_provenance(in_dir).get("tool_version", __version__)
 
@@ -376,7 +384,8 @@ def build_dataset(in_dirs: list[Path] | Path, out_dir: Path, *,
         settings = {"max_shard_mb": max_shard_mb, "drop_clipped": drop_clipped, "license": license,
                     "repo_id": repo_id, "configs": list(configs), "split_cuts": list(SPLIT_CUTS),
                     "held_out_fraction": HELD_OUT_FRACTION,
-                    "tutorial_inputs": [str(d.resolve()) for d in tutorial_dirs]}
+                    "tutorial_inputs": [str(d.resolve()) for d in tutorial_dirs],
+                    "render_checks": render_checks(in_dirs + tutorial_dirs)}
         write_card(tmp / "README.md", card_context(stats, features, splits, settings),
                    card_template or CARD_TEMPLATE)
         wall_s = time.monotonic() - started
@@ -542,10 +551,6 @@ def card_front_matter(features, splits: dict, license: str, n_examples: int) -> 
 
 def card_context(stats: dict, features, splits: dict, settings: dict) -> dict:
     """Everything the card template (dataset_card.md) may use."""
-    from renderer.clip import CLIP_SECONDS, MAX_CLOCK_DRIFT_S
-    from renderer.fidelity import (CANDIDATE_FACTORS, ENVELOPE_TOLERANCE, ONSET_TOLERANCE_S,
-                                   SPECTRUM_TOLERANCE)
-
     configs = []
     for config in CONFIGS:
         counts = {s: info["num_examples"] for (c, s), info in splits.items() if c == config}
@@ -573,10 +578,7 @@ def card_context(stats: dict, features, splits: dict, settings: dict) -> dict:
         "repo_id_placeholder": REPO_ID_PLACEHOLDER,
         "bibtex_key": "".join(ch if ch.isalnum() else "_" for ch in repo_id.split("/")[-1]).strip("_").lower()
         if settings["repo_id"] else "sonicpi_code_audio",
-        "render": {"clip_s": CLIP_SECONDS, "max_drift_ms": MAX_CLOCK_DRIFT_S * 1000,
-                   "factors": [float(f) for f in CANDIDATE_FACTORS],
-                   "onset_ms": ONSET_TOLERANCE_S * 1000, "spectrum_tolerance": SPECTRUM_TOLERANCE,
-                   "envelope_tolerance": ENVELOPE_TOLERANCE},
+        "render": {"clip_s": stats["durations"]["max_s"], "checks": settings["render_checks"]},
         "build": {"tool_version": __version__, "max_shard_mb": settings["max_shard_mb"]},
     }
 

@@ -9,12 +9,12 @@ run again. Either way, run the same command again after an interruption.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from sonicpi_gen.dataset import REPO_ID_PLACEHOLDER
+from sonicpi_gen.folders import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +71,8 @@ def fill_repo_id(card: Path, repo_id: str, dry_run: bool = False) -> bool:
                            "for a card whose examples load this one", card, repo_id, repo_id)
         return False
     if not dry_run:
-        tmp = card.with_name(f".{card.name}.tmp-{os.getpid()}")
-        tmp.write_text(REPO_ID_NOTICE_RE.sub("", text).replace(REPO_ID_PLACEHOLDER, repo_id))
-        tmp.replace(card)
+        filled = REPO_ID_NOTICE_RE.sub("", text).replace(REPO_ID_PLACEHOLDER, repo_id)
+        write_atomically(card, lambda tmp: tmp.write_text(filled))
     logger.info("%s: %s %s in place of %s", card, "would write" if dry_run else "wrote", repo_id,
                 REPO_ID_PLACEHOLDER)
     return True

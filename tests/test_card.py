@@ -18,6 +18,7 @@ from renderer.render import read_status, write_status_parquet
 from sonicpi_gen.dataset import (REPO_ID_PLACEHOLDER, SPLITS, _acceleration_text, _tempo_text,
                                  build_dataset, iter_rows)
 from sonicpi_gen.expand import Program
+from sonicpi_gen.folders import DATASET_SCHEMA
 from sonicpi_gen.publish import fill_repo_id, publish_dataset
 from tests.test_dataset import _programs, make_renders
 
@@ -129,7 +130,8 @@ def test_the_card_counts_factors_attempts_and_tempos_of_the_clips(cards):
     assert len(rows) == n_clips
     bars = Counter(r["bars"] for r in rows.values())
     assert f"; {_tempo_text({120: 1}, dict(bars)).split('; ')[1]};" in card
-    for column, dtype in (("acceleration", "float64"), ("attempts", "int64"), ("bpm", "int64"), ("bars", "int64")):
+    for column in ("acceleration", "attempts", "bpm", "bars"):  # the card's type is the schema's
+        dtype = str(DATASET_SCHEMA.field(column).type).replace("double", "float64")
         assert re.search(rf"^\| {column} \| {dtype} \| .+ \|$", card, re.M), column
 
 
@@ -204,3 +206,34 @@ def test_citation_cff_is_cff_1_2_0_with_the_study_by_full_names():
         ("Sam", "Kouteili"), ("Hiren", "Madhu"), ("George", "Typaldos"), ("Mark", "Santolucito")]
     for work in [cff] + cff["references"]:
         assert all(("family-names" in a) != ("name" in a) for a in work["authors"]), work["title"]
+
+
+def test_the_card_quotes_the_checks_the_renders_recorded_or_says_they_are_not(renders, tmp_path):
+    """The fidelity check's numbers come from the renders' provenance.json (what the
+    renderer that made them enforced), not from the toolkit that builds the dataset."""
+    from renderer.fidelity import recorded_checks
+
+    recorded = tmp_path / "renders"
+    shutil.copytree(renders[0], recorded)
+    checks = {**recorded_checks(), "onset_tolerance_ms": 4.25}  # a value no default has
+    provenance = json.loads((recorded / "provenance.json").read_text())
+    provenance["settings"] = {"checks": checks}
+    (recorded / "provenance.json").write_text(json.dumps(provenance))
+    build_dataset([recorded], tmp_path / "with")
+    card = (tmp_path / "with" / "README.md").read_text()
+    assert "every onset on its 0.5 s grid within\n4.25 ms" in card
+    assert "do not record the renderer's checks" not in card
+
+    build_dataset([renders[0]], tmp_path / "without")  # provenance.json without settings.checks
+    card = (tmp_path / "without" / "README.md").read_text()
+    assert "do not record the renderer's checks" in card and "4.25" not in card
+
+
+def test_a_render_records_its_checks_in_its_provenance():
+    from renderer.clip import MAX_CLOCK_DRIFT_S
+    from renderer.fidelity import CANDIDATE_FACTORS, ONSET_TOLERANCE_S, recorded_checks
+
+    checks = recorded_checks()
+    assert checks["candidate_factors"] == [float(f) for f in CANDIDATE_FACTORS]
+    assert checks["onset_tolerance_ms"] == ONSET_TOLERANCE_S * 1000
+    assert checks["max_drift_ms"] == MAX_CLOCK_DRIFT_S * 1000

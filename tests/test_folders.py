@@ -46,22 +46,13 @@ def test_a_folder_reader_imports_no_other_stage(statement, forbidden):
     assert out.stdout.strip() == "[]", f"{statement!r} imported {out.stdout.strip()}"
 
 
-# Functions whose imports are not folder reads: the dataset card quotes the renderer's
-# constants (clip length, fidelity thresholds; issue 20c). Known limit: they belong in the
-# renders folder's provenance.json, which the card cannot read yet for older folders.
-NOT_FOLDER_READS = {"sonicpi_gen/dataset.py": {"card_context"}}
-
-
-def _imports(tree, skip: set) -> list[str]:
+def _imports(tree) -> list[str]:
     names = []
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in skip:
-            continue
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.append(node.module)
-        names += _imports(node, skip)
     return names
 
 
@@ -76,7 +67,7 @@ def _imports(tree, skip: set) -> list[str]:
 ])
 def test_no_import_statement_names_another_stage(module, forbidden):
     """Also the imports inside functions, which the subprocess probe does not run."""
-    names = _imports(ast.parse((REPO / module).read_text()), NOT_FOLDER_READS.get(module, set()))
+    names = _imports(ast.parse((REPO / module).read_text()))
     bad = [n for n in names if any(n == f or n.startswith(f + ".") for f in forbidden)]
     assert bad == []
 
