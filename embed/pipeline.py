@@ -190,11 +190,15 @@ class _Store:
             self.meta = {k.decode(): v.decode()
                          for k, v in (self.existing.schema.metadata or {}).items()}
 
-    def done_keys(self) -> set[tuple[str, str]]:
+    def existing_meta(self) -> dict[tuple[str, str], tuple]:
+        """(config, id) -> the row's dataset columns (EMBEDDINGS_META_COLUMNS), as written."""
         if self.existing is None:
-            return set()
-        return set(zip(self.existing.column("config").to_pylist(),
-                       self.existing.column("id").to_pylist()))
+            return {}
+        table, n = self.existing, self.existing.num_rows
+        columns = [table.column(c).to_pylist() if c in table.column_names else [None] * n
+                   for c in EMBEDDINGS_META_COLUMNS]  # a column added since reads as null
+        config_at, id_at = EMBEDDINGS_META_COLUMNS.index("config"), EMBEDDINGS_META_COLUMNS.index("id")
+        return {(row[config_at], row[id_at]): row for row in zip(*columns)}
 
     def existing_vectors(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if self.existing is None:
@@ -230,12 +234,23 @@ class _Store:
         write_atomically(self.parts / f"{kind}-{number:05d}.parquet", lambda tmp: pq.write_table(table, tmp))
 
 
+def _meta_of(row: DatasetRow) -> tuple:
+    return tuple(row.column(c) for c in EMBEDDINGS_META_COLUMNS)
+
+
 def _output_table(rows: Sequence[DatasetRow], vectors: dict[str, tuple[np.ndarray, np.ndarray]],
-                  existing: pa.Table | None, metadata: dict[str, str]) -> pa.Table:
+                  existing: pa.Table | None, dropped: set[tuple[str, str]],
+                  metadata: dict[str, str]) -> pa.Table:
+    """The rows of `existing` but those keyed (config, id) in `dropped`, plus `rows`."""
     cols: dict[str, list] = {c: [r.column(c) for r in rows] for c in EMBEDDINGS_META_COLUMNS}
     schema = EMBEDDINGS_SCHEMA
     new = embeddings_table(cols, [vectors[r.id][0] for r in rows], [vectors[r.id][1] for r in rows])
-    table = pa.concat_tables([existing.select(schema.names).cast(schema), new]) if existing is not None else new
+    if existing is not None:
+        keys = zip(existing.column("config").to_pylist(), existing.column("id").to_pylist())
+        kept = existing.filter(pa.array([key not in dropped for key in keys], pa.bool_()))
+        table = pa.concat_tables([kept.select(schema.names).cast(schema), new])
+    else:
+        table = new
     order = sorted(range(table.num_rows), key=lambda i: (
         table.column("config")[i].as_py(), table.column("split")[i].as_py() or "",
         table.column("id")[i].as_py()))
@@ -517,18 +532,29 @@ def embed_dataset(dataset: str | Path, out_dir: str | Path, settings: EmbedSetti
                          "loaded encoders")
     start = time.perf_counter()
     index = read_dataset_index(dataset, s.configs, s.splits, s.reader)
-    rows = sorted(index.rows, key=lambda r: (r.config, r.split, r.id))
-    if s.limit is not None:
-        rows = rows[:s.limit]
+    all_rows = sorted(index.rows, key=lambda r: (r.config, r.split, r.id))
+    rows = all_rows[:s.limit] if s.limit is not None else all_rows
     code_name = code_encoder.name if code_encoder is not None else s.code_model
     audio_name = audio_encoder.name if audio_encoder is not None else s.audio_model
     folder = output_dir(out_dir, code_name, audio_name)
     folder.mkdir(parents=True, exist_ok=True)
     store = _Store(folder)
-    done_keys = store.done_keys()
-    missing = [r for r in rows if (r.config, r.id) not in done_keys]
-    result = EmbedResult(path=store.path, rows=len(done_keys), new_rows=0)
-    if not missing and store.existing is not None:
+    # A resumed file follows the dataset as it is now: a row whose split or other column
+    # changed there (a rebuild with more programs re-splits them) is rewritten with its
+    # vectors kept, and a row of a config read here that the dataset no longer has is
+    # dropped. Vectors are keyed by the program id, whose text it hashes.
+    written = store.existing_meta()
+    in_dataset = {(r.config, r.id) for r in all_rows}
+    read_configs = {r.config for r in all_rows}
+    missing = [r for r in rows if (r.config, r.id) not in written]
+    changed = [r for r in rows if (r.config, r.id) in written and written[r.config, r.id] != _meta_of(r)]
+    stale = {key for key in written if key[0] in read_configs and key not in in_dataset}
+    result = EmbedResult(path=store.path, rows=len(written), new_rows=0)
+    if changed or stale:
+        logger.warning("%s: %d rows changed split or columns in the dataset since they were "
+                       "embedded (rewritten, vectors kept); %d rows are no longer in it (dropped)",
+                       store.path, len(changed), len(stale))
+    if not missing and not changed and not stale and store.existing is not None:
         logger.info("nothing to do: all %d rows already in %s", len(rows), store.path)
         return result
 
@@ -549,17 +575,20 @@ def embed_dataset(dataset: str | Path, out_dir: str | Path, settings: EmbedSetti
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(s.threads or cores or 1)
     try:
-        return _embed_rows(dataset, index, rows, missing, store, result, folder, s, code_encoder,
-                           audio_encoder, pool, start, progress=progress, command=command)
+        return _embed_rows(dataset, index, rows, missing, changed, stale, store, result, folder, s,
+                           code_encoder, audio_encoder, pool, start, progress=progress,
+                           command=command)
     finally:
         if pool is not None:
             pool.close()
 
 
-def _embed_rows(dataset, index, rows, missing, store, result, folder, s: EmbedSettings,
-                code_encoder, audio_encoder, pool, start, *, progress, command) -> EmbedResult:
-    """embed_dataset once the rows to do are known: load the encoders (unless given, or
-    on `pool`'s actors), embed, write."""
+def _embed_rows(dataset, index, rows, missing, changed, stale, store, result, folder,
+                s: EmbedSettings, code_encoder, audio_encoder, pool, start, *, progress,
+                command) -> EmbedResult:
+    """embed_dataset once the rows to do are known (`missing` to embed, `changed` to
+    rewrite, `stale` keys to drop): load the encoders (unless given, or on `pool`'s
+    actors), embed, write."""
     if code_encoder is None:
         code_encoder = load_code_encoder(s.code_model, s.device, revision=s.code_revision,
                                          cache_dir=s.cache_dir, local_files_only=s.local_files_only,
@@ -604,6 +633,7 @@ def _embed_rows(dataset, index, rows, missing, store, result, folder, s: EmbedSe
             known[i] = (code_vecs[i], audio_vecs[i])
     new_rows = [r for r in missing if r.id in known]
     result.new_rows = len(new_rows)
+    dropped = stale | {(r.config, r.id) for r in changed}
     result.failed = failed
     sonic_pi = sorted({r.sonic_pi_version for r in rows if r.sonic_pi_version})
     code_desc, audio_desc = code_encoder.describe(), audio_encoder.describe()
@@ -616,7 +646,7 @@ def _embed_rows(dataset, index, rows, missing, store, result, folder, s: EmbedSe
         "audio_licence": audio_desc["licence"], "fingerprint": json.dumps(fingerprint, sort_keys=True),
         "tool_version": _tool_version(), "sonic_pi_version": ",".join(sonic_pi),
     }
-    table = _output_table(new_rows, known, store.existing, metadata)
+    table = _output_table(new_rows + changed, known, store.existing, dropped, metadata)
     write_embeddings(store.folder, table)
     result.rows = table.num_rows
     provenance = make_provenance(

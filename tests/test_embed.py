@@ -342,6 +342,36 @@ def test_rerun_embeds_only_what_is_missing(dataset, tmp_path, code_model, audio_
     assert len(prov["history"]) == 1
 
 
+def test_a_rerun_follows_a_rebuilt_dataset_splits_and_drops_what_left_it(tmp_path, code_model,
+                                                                         audio_model):
+    """A dataset rebuilt with more programs re-splits some of them: the embeddings must
+    carry the dataset's splits as they are now, reusing the vectors, and drop rows the
+    dataset no longer has."""
+    dataset = make_dataset(tmp_path / "dataset")
+    out = tmp_path / "emb"
+    first = run(dataset, out, code_model, audio_model)
+    vectors = {(c, i): v for c, i, v in zip(*(pq.read_table(first.path).column(k).to_pylist()
+                                              for k in ("config", "id", "code_emb")))}
+    # the rebuild: c3 moves from train to test, b2 leaves the dataset
+    table = pq.read_table(dataset / "data/default/train-00000-of-00001.parquet")
+    rows = {r["id"]: r for r in table.to_pylist()}
+    write_shard(dataset / "data/default/train-00000-of-00001.parquet", [rows["a1"]])
+    test = pq.read_table(dataset / "data/default/test-00000-of-00001.parquet").to_pylist()
+    write_shard(dataset / "data/default/test-00000-of-00001.parquet", test + [{**rows["c3"], "split": "test"}])
+
+    second = run(dataset, out, code_model, audio_model)
+    assert second.code_computed == 0 and second.audio_computed == 0  # nothing new to embed
+    after = pq.read_table(second.path)
+    keys = list(zip(*(after.column(k).to_pylist() for k in ("config", "split", "id"))))
+    assert keys == [("default", "test", "c3"), ("default", "test", "d4"), ("default", "train", "a1"),
+                    ("scenarios", "train", "a1"), ("scenarios", "train", "e5")]
+    for config, _, id_ in keys:
+        j = keys.index((config, _, id_))
+        assert after.column("code_emb")[j].as_py() == vectors[config, id_]
+    third = run(dataset, out, code_model, audio_model)
+    assert third.new_rows == 0 and third.path.stat().st_mtime_ns == second.path.stat().st_mtime_ns
+
+
 def test_interrupted_run_resumes_from_checkpoints(dataset, tmp_path, code_model, audio_model,
                                                  monkeypatch):
     from embed.encoders import HFAudioEncoder
