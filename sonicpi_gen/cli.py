@@ -223,7 +223,8 @@ def dataset() -> None:
               help="Leave out clips flagged clipped (the card counts them either way).")
 @click.option("--license", "license_id", default=default_of(build_dataset, "license"), show_default=True,
               help="Licence id for the card (Hub vocabulary: mit, cc-by-4.0, ...).")
-@click.option("--repo-id", default=None, help="Hub id for the card's usage examples [default: ORG/NAME].")
+@click.option("--repo-id", default=None, help="Hub id for the card's examples and citation [default: none; the card "
+              "says ORG/NAME and `dataset publish --repo-id` writes the id in].")
 @click.option("--card-template", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Jinja2 card template [default: the repository's dataset_card.md].")
 @click.option("--configs", default=",".join(default_of(build_dataset, "configs")), show_default=True,
