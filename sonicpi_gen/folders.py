@@ -146,8 +146,9 @@ def program_id(code: str) -> str:
 
 
 def manifest_key(row: dict) -> tuple:
-    """A manifest row's key: a program may be in several groups (a family's base)."""
-    return row["id"], row["group_id"], row["family"], row["scenario"]
+    """A manifest row's key: a program may be in several groups (a family's base). A
+    column a row lacks (a plain .rb folder's rows have no groups) is null."""
+    return row["id"], row.get("group_id"), row.get("family"), row.get("scenario")
 
 
 def read_manifest(folder: Path, columns: list[str] | None = None) -> pa.Table:

@@ -74,3 +74,23 @@ def test_an_output_folder_that_cannot_be_written_is_one_clear_error(tmp_path, mo
     monkeypatch.setattr(render, "_hold_output", refuse)
     with pytest.raises(RenderError, match="cannot write to .*Permission denied.*choose an --out"):
         render.render_programs(tmp_path / "programs", tmp_path / "out", progress=False)
+
+
+def test_a_plain_folder_gets_a_manifest_of_its_files_and_a_second_render_unions_it(tmp_path):
+    """A folder of .rb files has no manifest: the renders folder gets one made from its
+    files (no groups), and rendering another plain folder into it keeps both."""
+    from renderer.render import merge_manifest
+    from sonicpi_gen.folders import read_manifest
+
+    out = tmp_path / "renders"
+    out.mkdir()
+    for name, code in (("one", "play 60\n"), ("two", "play 62\n")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / f"{name}.rb").write_text(code)
+        jobs, rejected = load_jobs(folder)
+        assert not rejected
+        merge_manifest(folder, jobs, out)
+    rows = read_manifest(out).to_pylist()
+    assert sorted((r["code"], r["template"], r["group_id"], r["source"]) for r in rows) == [
+        ("play 60\n", "user", None, "one.rb"), ("play 62\n", "user", None, "two.rb")]
