@@ -156,10 +156,6 @@ class ClipResult:
     # renderer.server.AudioClock.peak_load): tells a program too heavy for the factor
     # from a passing stall when the stack failed to keep time
     dsp_load: float | None = None
-    # Why the server cannot render another clip (a failed clip's recorder it could not
-    # stop): the worker replaces it, and the status stays the clip's own failure, which
-    # the retry policy reads.
-    spoiled_server: str | None = None
 
     @property
     def retryable(self) -> bool:
@@ -293,10 +289,7 @@ def render_clip(server: SonicPiServer, code: str, timeout_s: float | None = None
     saved = time.monotonic()
     if failed is not None:
         failed.dsp_load = server.clock.peak_load(started, saved)
-        try:
-            _discard_recording(server, take, stop_ahead)
-        except ServerError as err:  # an overloaded server: its recorder may still run
-            failed.spoiled_server = str(err)
+        _discard_recording(server, take, stop_ahead)
         failed.render_s = time.monotonic() - started
         return failed
     server.stop_runs()  # its live loops go on; it fades out while the take is read

@@ -502,17 +502,11 @@ class _Worker(threading.Thread):
         raise AssertionError("unreachable")
 
     def _keep_server_clean(self, job: Job, result: ClipResult) -> None:
-        """Replace the server before the next clip when the clip left it unusable
-        (ClipResult.spoiled_server), or when this program may have changed it for the
-        programs after it: it used what can (clip.touches_server_state), or the
-        server's state after the stop differs from its state after boot."""
+        """Replace the server before the next clip when this program may have changed
+        it for the programs after it: it used what can (clip.touches_server_state), or
+        the server's state after the stop differs from its state after boot."""
         server = self.server
         if server is None or not server.alive():
-            return
-        if result.spoiled_server:
-            logger.info("worker %d: after %s on %s, %s; replacing it", self.index, result.status,
-                        job.id, result.spoiled_server)
-            self.stop_server()
             return
         reasons = touches_server_state(job.code)
         if not reasons:

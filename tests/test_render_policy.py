@@ -244,19 +244,6 @@ def test_a_young_servers_failure_under_a_heavy_load_is_the_programs(monkeypatch,
     assert FakeServer.boots == [8.0, 2.0] and row == ("ok", 2, 2.0)
 
 
-def test_a_failed_clip_whose_recorder_could_not_be_stopped_keeps_its_status_and_load(monkeypatch, tmp_path):
-    """A heavy program that fails at x8 on an overloaded server whose recorder then
-    cannot be stopped: the server is replaced, and the failure with its DSP load (not a
-    server error) decides the retry, so the program goes straight to a slower factor."""
-    shutdowns = []
-    monkeypatch.setattr(FakeServer, "shutdown", lambda self: shutdowns.append(self.acceleration))
-    spoiled = ClipResult("late", render_s=1.0, dsp_load=60.0,
-                         spoiled_server="the server could not stop its recorder: Promise timed out")
-    row = _render_on_a_young_server(monkeypatch, tmp_path, [spoiled, ClipResult("ok")])
-    assert row == ("ok", 2, 2.0)  # straight to the factor its load allows, one attempt spent
-    assert FakeServer.boots == [8.0, 2.0] and shutdowns[0] == 8.0
-
-
 def test_a_slower_task_gets_one_extra_try_at_a_faster_factor_that_costs_no_attempt():
     q = _TaskQueue(threading.Event())
     task = _Task(JOB, 8.0, attempts=2, hiccups=1)
