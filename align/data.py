@@ -17,12 +17,10 @@ import numpy as np
 import pandas as pd
 
 from sonicpi_gen import folders
-from sonicpi_gen.folders import (EMBEDDING_COLUMNS, EMBEDDINGS_FILE,  # noqa: F401
-                                 EMBEDDINGS_META_COLUMNS, PROVENANCE_FILE, read_provenance)
+from sonicpi_gen.folders import EMBEDDINGS_FILE, EMBEDDINGS_META_COLUMNS, read_provenance
 
 logger = logging.getLogger(__name__)
 
-META_COLUMNS = EMBEDDINGS_META_COLUMNS
 SPLIT_NAMES = {  # accepted spellings -> canonical split
     "train": "train",
     "validation": "validation",
@@ -41,7 +39,7 @@ AUDIO_MODEL_KEYS = ("audio_model", "audio_model_id", "audio_encoder", "audio_mod
 class EmbeddingTable:
     """One embeddings folder in memory: row metadata plus the two embedding matrices."""
 
-    meta: pd.DataFrame  # META_COLUMNS, one row per pair, index 0..n-1
+    meta: pd.DataFrame  # EMBEDDINGS_META_COLUMNS, one row per pair, index 0..n-1
     code: np.ndarray  # (n, code_dim) float32
     audio: np.ndarray  # (n, audio_dim) float32
     source: dict = field(default_factory=dict)  # path, parquet metadata, provenance
@@ -137,7 +135,7 @@ def read_embeddings(path: str | Path) -> EmbeddingTable:
     meta = pd.DataFrame(
         {
             c: (table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows)
-            for c in META_COLUMNS
+            for c in EMBEDDINGS_META_COLUMNS
         }
     )
     provenance = read_provenance(file.parent)

@@ -9,8 +9,8 @@ Importing this package needs no torch; loading a model does (the `embed` extra).
 
 from embed.encoders import (DEFAULT_AUDIO_MODEL, DEFAULT_CODE_MODEL, ENCODERS, LOGMEL_ID,
                             ModelUnavailableError, load_audio_encoder, load_code_encoder)
-from embed.pipeline import (EmbedResult, EmbedSettings, EmbedSettingsError, embed_dataset,
-                            read_embeddings)
+from embed.pipeline import EmbedResult, EmbedSettings, EmbedSettingsError, embed_dataset
+from sonicpi_gen.folders import read_embeddings
 
 __all__ = [
     "DEFAULT_AUDIO_MODEL", "DEFAULT_CODE_MODEL", "ENCODERS", "LOGMEL_ID", "EmbedResult",

@@ -11,9 +11,6 @@ from math import gcd
 
 import numpy as np
 
-# The one decoder (soundfile, no torchcodec): (frames, channels) float32 and the rate.
-from sonicpi_gen.folders import decode_audio  # noqa: F401
-
 logger = logging.getLogger(__name__)
 
 # Log-mel descriptor defaults: 22.05 kHz keeps everything a synth makes below 11 kHz,

@@ -25,14 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embed.audio import decode_audio
 from embed.dataset import (AudioUnit, DatasetIndex, DatasetRow, audio_units,
                            load_audio_bytes, read_dataset_index)
-from sonicpi_gen.folders import (EMBEDDINGS_FILE, EMBEDDINGS_META_COLUMNS,  # noqa: F401
-                                 EMBEDDINGS_SCHEMA, PROVENANCE_FILE, embedding_array,
-                                 embeddings_table, make_provenance, read_embeddings,
-                                 read_provenance, write_atomically, write_embeddings,
-                                 write_json_atomically, write_provenance)
+from sonicpi_gen.folders import (EMBEDDINGS_FILE, EMBEDDINGS_META_COLUMNS, EMBEDDINGS_SCHEMA,
+                                 decode_audio, embedding_array, embeddings_table,
+                                 make_provenance, read_provenance, write_atomically,
+                                 write_embeddings, write_json_atomically, write_provenance)
 from embed.encoders import (DEFAULT_AUDIO_BATCH, DEFAULT_AUDIO_MODEL, DEFAULT_CODE_BATCH,
                             DEFAULT_CODE_MODEL, AudioEncoder, CodeEncoder, hub_id_of,
                             load_audio_encoder, load_code_encoder, resolve_alias,
@@ -40,11 +38,8 @@ from embed.encoders import (DEFAULT_AUDIO_BATCH, DEFAULT_AUDIO_MODEL, DEFAULT_CO
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_NAME = EMBEDDINGS_FILE
-PROVENANCE_NAME = PROVENANCE_FILE
 PARTS_DIR = ".parts"
 CHECKPOINT_EVERY = 512  # items between checkpoint files: ~1 min of GPU work, little to redo
-OUTPUT_COLUMNS = EMBEDDINGS_META_COLUMNS
 ENGINES = ("local", "ray")  # where the models run (see EmbedSettings.engine)
 FINGERPRINT_KEYS = ("model", "revision", "pooling", "sample_rate", "long_input", "max_length",
                     "dim", "precision")
@@ -182,7 +177,7 @@ class _Store:
     def __init__(self, folder: Path):
         self.folder = folder
         self.parts = folder / PARTS_DIR
-        self.path = folder / OUTPUT_NAME
+        self.path = folder / EMBEDDINGS_FILE
         self.existing: pa.Table | None = None
         self.meta: dict[str, str] = {}
         if self.path.exists():

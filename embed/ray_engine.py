@@ -89,7 +89,7 @@ class EmbedActor:
         """({id: vector}, [failure], audio seconds) of encoded clips (id, bytes)."""
         import torch
 
-        from embed.audio import decode_audio
+        from sonicpi_gen.folders import decode_audio
         vectors, failed, seconds = {}, [], 0.0
         groups: dict[tuple, list] = {}
         for row_id, raw in clips:

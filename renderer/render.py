@@ -26,15 +26,10 @@ from renderer.clip import (BPM, CLIP_SECONDS, DEFAULT_MAX_FULL_SCALE, FINAL_STAT
                            TIME_KEEPING_FAILURES, ClipResult, render_clip, touches_server_state)
 from renderer.sandbox import scratch_root
 from renderer.server import SAMPLE_RATE, ServerError, SonicPiServer
-# STATUS_SCHEMA, read_status and write_status are the renders folder's contract, kept
-# importable from here for callers of the renderer.
-from sonicpi_gen.folders import (INPUT_STATUSES, MANIFEST_FILE, STATUS_JOURNAL,  # noqa: F401
-                                 STATUS_SCHEMA, append_status, make_provenance, manifest_key,
-                                 played_tempo, program_id, read_manifest, read_status, status_key,
-                                 status_row, write_atomically, write_manifest, write_provenance,
-                                 write_status)
-
-write_status_parquet = write_status  # its name before sonicpi_gen.folders
+from sonicpi_gen.folders import (INPUT_STATUSES, MANIFEST_FILE, STATUS_JOURNAL, append_status,
+                                 make_provenance, manifest_key, played_tempo, program_id,
+                                 read_manifest, read_status, status_key, status_row,
+                                 write_atomically, write_manifest, write_provenance, write_status)
 
 logger = logging.getLogger(__name__)
 

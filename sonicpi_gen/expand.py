@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# MANIFEST_SCHEMA, program_id and read_manifest are the programs folder's contract, importable from here too.
-from sonicpi_gen.folders import (MANIFEST_SCHEMA, make_provenance, program_id,  # noqa: F401
-                                 read_manifest, replace_dir, write_manifest, write_provenance)
+from sonicpi_gen.folders import (MANIFEST_SCHEMA, make_provenance, program_id, replace_dir,
+                                 write_manifest, write_provenance)
 from sonicpi_gen.grammar import TEMPLATES_DIR, Grammar, GrammarError, list_templates, load_grammar
 from sonicpi_gen.inventory import load_inventory
 

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from renderer.render import read_status, write_status_parquet
 from sonicpi_gen.dataset import (REPO_ID_PLACEHOLDER, SPLITS, _acceleration_text, _tempo_text,
                                  build_dataset, iter_rows)
 from sonicpi_gen.expand import Program
-from sonicpi_gen.folders import DATASET_SCHEMA
+from sonicpi_gen.folders import DATASET_SCHEMA, read_status, write_status
 from sonicpi_gen.publish import fill_repo_id, publish_dataset
 from tests.test_dataset import _programs, make_renders
 
@@ -56,7 +55,7 @@ def renders(tmp_path_factory):
     status[ok[1]].update(acceleration=1.0, attempts=5)
     status[ok[2]].update(attempts=2)
     status[SLOW.id].update(bpm=80, bars=6)
-    write_status_parquet(folder, status)
+    write_status(folder, status)
     return folder, written
 
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from embed.audio import (decode_audio, hz_to_mel, logmel_stats, mel_filterbank, mel_to_hz,
+from embed.audio import (hz_to_mel, logmel_stats, mel_filterbank, mel_to_hz,
                          prepare_mono, resample, to_mono)
 from embed.encoders import (ENCODERS, LOGMEL_ID, ModelUnavailableError, encoder_info,
                             licence_of, load_audio_encoder, registry_table)
+from sonicpi_gen.folders import decode_audio
 
 
 def flac_bytes(wave: np.ndarray, sr: int) -> bytes:

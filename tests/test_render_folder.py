@@ -7,6 +7,7 @@ import pytest
 import renderer.render as render
 from renderer.render import (Job, RenderError, _hold_output, _remove_partial_writes, is_done,
                              load_jobs, read_status, status_key)
+from sonicpi_gen import folders
 
 
 def test_every_input_file_gets_a_row_duplicates_and_bad_encodings_named(tmp_path):
@@ -23,7 +24,7 @@ def test_every_input_file_gets_a_row_duplicates_and_bad_encodings_named(tmp_path
 
 
 def test_a_journal_line_that_is_not_a_row_is_skipped_with_a_warning(tmp_path, caplog):
-    row = {name: None for name in render.STATUS_SCHEMA.names}
+    row = {name: None for name in folders.STATUS_SCHEMA.names}
     row.update(id="abc", template="t", status="ok")
     (tmp_path / "status.jsonl").write_bytes(b"\xff\xfe\n" + json.dumps(row).encode() + b"\n[1, 2]\n{\"id\"")
     rows = read_status(tmp_path)
