@@ -777,8 +777,6 @@ def _render_on(in_dir, out_dir, jobs, rejected, settings: RenderSettings, progre
     """render_programs, once the output folder is held and the engine made."""
     from tqdm import tqdm
 
-    from sonicpi_gen import __version__
-
     _remove_partial_writes(out_dir)
     merge_manifest(in_dir, jobs, out_dir)
     previous = read_status(out_dir)
@@ -790,8 +788,7 @@ def _render_on(in_dir, out_dir, jobs, rejected, settings: RenderSettings, progre
     logger.info("checking the %d finished clips against their hashes",
                 sum(1 for row in previous.values() if row["status"] == "ok"))
     todo = [j for j in jobs if not is_done(j, previous.get(j.id), out_dir)]
-    workers, headroom_s, max_full_scale = settings.workers, settings.headroom_s, settings.max_full_scale
-    audio_format = settings.audio_format
+    workers = settings.workers
     if workers is None:  # the engine's default, for the cluster it finds
         workers = engine.default_workers()
     running = min(workers, len(todo))
@@ -801,8 +798,9 @@ def _render_on(in_dir, out_dir, jobs, rejected, settings: RenderSettings, progre
     logger.info("%d programs, %d already rendered, %d to render at x%g on %d workers",
                 len(jobs), len(jobs) - len(todo), len(todo), factor, workers)
     bar = tqdm(total=len(todo), unit="clip", disable=not progress, dynamic_ncols=True)
-    batch = _Batch(out_dir, out_dir / ".work", factor, headroom_s, settings.max_attempts,
-                   settings.timeout_s, max_full_scale, audio_format, bar, rows=previous, engine=engine)
+    batch = _Batch(out_dir, out_dir / ".work", factor, settings.headroom_s, settings.max_attempts,
+                   settings.timeout_s, settings.max_full_scale, settings.audio_format, bar,
+                   rows=previous, engine=engine)
     for job in todo:
         batch.tasks.put(_Task(job, factor))
     batch.started = time.monotonic()
@@ -827,8 +825,7 @@ def _render_on(in_dir, out_dir, jobs, rejected, settings: RenderSettings, progre
         with batch.write_lock:
             write_status(out_dir, batch.rows)
         versions = sorted({t.version for t in threads if t.version != "unknown"})
-        _write_provenance(out_dir, in_dir, factor, workers, headroom_s, max_full_scale,
-                          audio_format, versions, __version__, engine.describe())
+        _write_provenance(out_dir, in_dir, settings, factor, workers, versions, engine.describe())
     failed = [t.error for t in threads if t.error is not None]
     if failed:
         raise failed[0]
@@ -840,13 +837,15 @@ def _render_on(in_dir, out_dir, jobs, rejected, settings: RenderSettings, progre
                          time.monotonic() - batch.started, batch.audio_s, out_dir, rows)
 
 
-def _write_provenance(out_dir, in_dir, factor, workers, headroom_s, max_full_scale,
-                      audio_format, versions, tool_version, engine: dict) -> None:
+def _write_provenance(out_dir, in_dir, settings: RenderSettings, factor: float, workers: int,
+                      versions: list[str], engine: dict) -> None:
+    """provenance.json with the settings as resolved (`factor`, `workers`) and the
+    accelerated-clock checks the clips were rendered under."""
     from renderer.fidelity import recorded_checks
 
-    settings = {"acceleration": factor, "workers": workers, "headroom_s": headroom_s,
-                "max_full_scale": max_full_scale, "audio_format": audio_format,
-                "default_bpm": BPM, "clip_seconds": CLIP_SECONDS, "sample_rate": SAMPLE_RATE,
-                "checks": recorded_checks(), **engine}
-    write_provenance(out_dir, make_provenance("render", "sonicpi-gen render", settings,
+    record = {"acceleration": factor, "workers": workers, "headroom_s": settings.headroom_s,
+              "max_full_scale": settings.max_full_scale, "audio_format": settings.audio_format,
+              "default_bpm": BPM, "clip_seconds": CLIP_SECONDS, "sample_rate": SAMPLE_RATE,
+              "checks": recorded_checks(), **engine}
+    write_provenance(out_dir, make_provenance("render", "sonicpi-gen render", record,
                                               [Path(in_dir).resolve()], versions))
