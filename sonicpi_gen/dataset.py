@@ -470,8 +470,8 @@ def dataset_stats(plan, reasons: dict, included: dict, splits: dict, drop_clippe
     durations = [s["duration_s"] for s in included.values()]
     clipped = sum(bool(s.get("clipped")) for s in included.values()) \
         + sum(r == "clipped" for r in reasons.values())
-    clips = _clip_rows(plan, included)
-    common = Counter((r["bpm"], r["bars"]) for r in clips).most_common(1)[0][0]
+    clips = included.values()  # one status row per distinct clip; the rows copy these columns
+    common = Counter((s["bpm"], s["bars"]) for s in clips).most_common(1)[0][0]
     return {
         "n_programs": len(template_of), "n_clips": len(included),
         "n_rows": sum(info["num_examples"] for info in splits.values()),
@@ -483,26 +483,13 @@ def dataset_stats(plan, reasons: dict, included: dict, splits: dict, drop_clippe
         "versions": {key: dict(sorted(Counter(s[col] for s in included.values()).items()))
                      for key, col in (("sonic_pi", "sonic_pi_version"), ("toolkit", "_toolkit"))},
         "bpm": common[0], "bars": common[1],
-        "tempo": {key: _counts(r[key] for r in clips) for key in ("bpm", "bars", "acceleration", "attempts")},
+        "tempo": {key: _counts(s.get(key) for s in clips) for key in ("bpm", "bars", "acceleration", "attempts")},
         "held_out": {split: sorted(names) for split, names in held_out.items()},
         "tutorial_templates": {split: sorted(names) for split, names in tutorial.items()},
         "template_columns": columns,
         "templates": [{"name": t, "counts": {c: per_template[t][c] for c in columns},
                        "left_out": left_by_template[t]} for t in sorted(per_template)],
     }
-
-
-def _clip_rows(plan, included: dict) -> list[dict]:
-    """bpm, bars, acceleration and attempts of each distinct clip, as its row has them
-    (the render's status where a row has no such column)."""
-    clips = {}
-    for program, _ in plan:
-        status = included.get(program["id"])
-        if status is not None and program["id"] not in clips:
-            row = dataset_row(program, status, b"", "", status.get("_toolkit"))
-            clips[program["id"]] = {key: row.get(key, status.get(key))
-                                    for key in ("bpm", "bars", "acceleration", "attempts")}
-    return list(clips.values())
 
 
 def _counts(values) -> dict:
