@@ -42,13 +42,6 @@ class DatasetRow:
     sonic_pi_version: str | None = None
     carried: dict = field(default_factory=dict)  # CARRIED_COLUMNS -> value (template, family, ...)
 
-    def __getattr__(self, name: str):
-        # row.template, row.family, ...: the carried columns read as attributes too
-        carried = self.__dict__.get("carried")
-        if carried is not None and name in carried:
-            return carried[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     def column(self, name: str) -> str | None:
         """The value of an embeddings.parquet meta column (EMBEDDINGS_META_COLUMNS)."""
         return getattr(self, name) if name in ("id", "config", "split") else self.carried.get(name)
